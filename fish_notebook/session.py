@@ -1,0 +1,416 @@
+"""One speech session: a source, a realtime stream, and the recording, running in the background.
+
+A :class:`Session` starts at once and streams on fish-notebook's background loop thread, so a
+notebook cell returns immediately and audio keeps flowing while later cells run, even cells
+that block (KERNEL.md: the kernel's own loop starves then; this thread does not).
+
+It always asks the server for ``pcm`` so every consumer (the browser player, metrics, saving
+to WAV or MP3) gets plain samples. Listeners (the player widget) see every event in order,
+from the IO thread; ``add_listener(..., replay=True)`` first replays what already happened,
+under the same lock that orders live events, so nothing is missed or seen twice.
+
+States: ``connecting`` -> ``streaming`` -> one of ``finished`` (the server sent finish),
+``failed`` (an error; ``error`` holds it, the audio so far is kept) or ``stopped`` (``stop()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from . import _loop
+from .audio import PcmDecoder, pcm_duration, save_audio
+from .client import AsyncRealtimeClient, AsyncRealtimeStream, StreamState, build_request
+from .errors import SessionStateError, StreamTimeout, ValidationError
+from .protocol import AudioEvent, FlushEvent, LogEvent, TextEvent, TTSRequest
+
+__all__ = ["Session", "SessionListener", "SessionState"]
+
+logger = logging.getLogger("fish_notebook.session")
+
+SessionState = Literal["connecting", "streaming", "finished", "failed", "stopped"]
+FINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "stopped"})
+METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
+
+
+class SessionListener(Protocol):
+    """What a session tells its listeners. Called on the IO thread, in event order."""
+
+    def on_text(self, text: str) -> None: ...
+    def on_flush(self) -> None: ...
+    def on_audio(self, pcm: bytes, seq: int) -> None: ...
+    def on_state(self, state: SessionState, error: str | None) -> None: ...
+    def on_metrics(self, metrics: dict[str, Any]) -> None: ...
+
+
+class Session:
+    """Speak ``source`` in the background; see the module docstring.
+
+    Args:
+        source: anything :func:`fish_notebook.sources.iter_source` takes (str, iterables,
+            async iterables, LLM stream chunks, TextEvent/FlushEvent).
+        client: an :class:`AsyncRealtimeClient`; by default one is made from ``api_key``,
+            ``base_url`` and ``model`` (and so from FISH_BASE_URL / FISH_API_KEY, or the
+            embedded local server).
+        save: a path (.wav or .mp3) written when the session ends, whatever the ending.
+        options: request fields (``reference_id``, ``latency``, ``speed``, ``volume``,
+            ``sample_rate``, ``config``...); ``format`` only chooses how ``save`` writes a
+            path without suffix: the wire format is always pcm.
+        start: begin streaming now (default). Otherwise call :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        client: AsyncRealtimeClient | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        save: str | os.PathLike[str] | None = None,
+        format: str | None = None,
+        config: Any = None,
+        start: bool = True,
+        **options: Any,
+    ) -> None:
+        if format is not None and format not in ("wav", "mp3"):
+            raise ValidationError("format", format, "a session saves as 'wav' or 'mp3'")
+        request = build_request(config, **options)
+        self.request: TTSRequest = request.replace(format="pcm")
+        self._client = client or AsyncRealtimeClient(api_key, base_url, **({"model": model} if model else {}))
+        self._model = model
+        self._source = source
+        self._save_path = Path(save) if save is not None else None
+        self._save_format = format or "wav"
+        self.sample_rate: int = self.request.effective_sample_rate
+
+        self._lock = threading.RLock()
+        self._listeners: list[SessionListener] = []
+        self._decoder = PcmDecoder(self.sample_rate)
+        self._state: SessionState = "connecting"
+        self._text: list[str | None] = []
+        self._chunks: list[bytes] = []
+        self._pcm = bytearray()
+        self._logs: list[str] = []
+        self.error: BaseException | None = None
+        self.saved_path: Path | None = None
+
+        self._t_created = time.perf_counter()
+        self._t_first_text: float | None = None
+        self._t_first_audio: float | None = None
+        self._t_end: float | None = None
+        self._pending_flush: float | None = None  # time of a flush still waiting for audio
+        self._flush_latencies: list[float] = []
+        self._last_metrics_push = 0.0
+        self._text_since_flush = False
+
+        self._stream: AsyncRealtimeStream | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._future: concurrent.futures.Future[None] | None = None
+        self._done = threading.Event()
+        self._stop_requested = False
+        if start:
+            self.start()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> Session:
+        """Begin streaming on the background loop. Returns self; a second call is refused."""
+        if self._future is not None:
+            raise SessionStateError("this session has already started")
+        self._future = asyncio.run_coroutine_threadsafe(self._run(), _loop.background_loop())
+        return self
+
+    async def _run(self) -> None:
+        self._task = asyncio.current_task()
+        client = self._client
+        try:
+            feed = client.stream_events(
+                self._source, request=self.request, model=self._model, on_sent=self._on_sent
+            )
+            async with feed as events:
+                self._stream = feed.stream
+                self._set_state("streaming")
+                async for event in events:
+                    if isinstance(event, AudioEvent):
+                        self._on_audio(event.audio)
+                    elif isinstance(event, LogEvent):
+                        self._logs.append(event.message)
+            self._finish("stopped" if self._stop_requested else "finished")
+        except asyncio.CancelledError:
+            self._finish("stopped")
+        except BaseException as exc:  # noqa: BLE001 - every failure ends the session the same way
+            self.error = exc
+            self._finish("failed")
+            if not isinstance(exc, Exception):
+                raise
+
+    def _finish(self, state: SessionState) -> None:
+        self._t_end = time.perf_counter()
+        self._stream = None
+        if self._save_path is not None:
+            try:
+                self.saved_path = self.save(self._save_path)
+            except Exception as exc:  # noqa: BLE001 - report, but keep the session's own outcome
+                logger.warning("could not save %s: %s", self._save_path, exc)
+                if self.error is None:
+                    self.error = exc
+                    state = "failed"
+        self._set_state(state)
+        self._push_metrics(force=True)
+        self._done.set()
+
+    def flush(self) -> None:
+        """Insert a flush point now: the server speaks what it has buffered.
+
+        Thread-safe (a button click, another cell); does nothing once the session has ended.
+        """
+        if self.done:
+            return
+        loop = _loop.background_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._flush_now()))
+
+    async def _flush_now(self) -> None:
+        stream = self._current_stream()
+        if stream is None:
+            return
+        with contextlib.suppress(Exception):  # a closed stream ends the session on its own
+            await stream.flush()
+            self._on_sent(FlushEvent())
+
+    def _current_stream(self) -> AsyncRealtimeStream | None:
+        stream = self._stream
+        return stream if stream is not None and stream.state is StreamState.OPEN else None
+
+    def stop(self) -> None:
+        """End the session now: stop reading the source, close the socket, keep the audio.
+
+        Thread-safe and idempotent. The state becomes ``stopped`` (unless already final).
+        """
+        if self.done or self._future is None:
+            return
+        self._stop_requested = True
+        loop = _loop.background_loop()
+
+        def cancel() -> None:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            elif self._future is not None:
+                self._future.cancel()
+
+        loop.call_soon_threadsafe(cancel)
+
+    def wait(self, timeout: float | None = None) -> Session:
+        """Block until the session ends; re-raise its error if it failed. Returns self.
+
+        Usable from plain sync code and inside a notebook cell (nbclient/papermill runs).
+        Ctrl-C (or the kernel's interrupt button) stops the session cleanly, then the
+        KeyboardInterrupt propagates. Raises StreamTimeout if ``timeout`` runs out first;
+        the session keeps running then.
+        """
+        if self._future is None:
+            raise SessionStateError("the session was never started: call start() first")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self._done.wait(0.1):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StreamTimeout(
+                        f"session still {self._state} after {timeout} s; "
+                        "it keeps running: wait() again or stop() it"
+                    )
+        except KeyboardInterrupt:
+            self.stop()
+            self._done.wait(10.0)
+            raise
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._await().__await__()
+
+    async def _await(self) -> Session:
+        if self._future is None:
+            raise SessionStateError("the session was never started: call start() first")
+        with contextlib.suppress(concurrent.futures.CancelledError, asyncio.CancelledError):
+            await asyncio.wrap_future(self._future)
+        await asyncio.get_running_loop().run_in_executor(None, self._done.wait, 10.0)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    # --- what happened ---------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        """True once the session reached a final state."""
+        return self._done.is_set()
+
+    @property
+    def text(self) -> list[str | None]:
+        """Text pieces sent, in order; ``None`` marks each flush point."""
+        with self._lock:
+            return list(self._text)
+
+    @property
+    def transcript(self) -> str:
+        """All text sent, flush points shown as `` | ``."""
+        return "".join(" | " if t is None else t for t in self.text).strip()
+
+    @property
+    def audio(self) -> bytes:
+        """16-bit mono PCM received so far, at :attr:`sample_rate`."""
+        with self._lock:
+            return bytes(self._pcm)
+
+    @property
+    def chunks(self) -> list[bytes]:
+        """The same audio as it arrived, chunk by chunk (index = sequence number)."""
+        with self._lock:
+            return list(self._chunks)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio received so far."""
+        return pcm_duration(self._pcm, self.sample_rate)
+
+    @property
+    def logs(self) -> list[str]:
+        """Log messages the server sent (e.g. an unknown voice)."""
+        return list(self._logs)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Live figures: ``ttfa_s`` (first text -> first audio), ``ttfa_flush_s`` (each flush
+        -> its first audio), ``audio_s``, ``elapsed_s``, ``rtf`` (wall time / audio time
+        since the first text; below 1 is faster than real time), ``chunks``, ``bytes``,
+        ``state``."""
+        with self._lock:
+            end = self._t_end or time.perf_counter()
+            audio_s = pcm_duration(self._pcm, self.sample_rate)
+            start = self._t_first_text
+            elapsed = end - start if start is not None else 0.0
+            ttfa = (
+                self._t_first_audio - start
+                if start is not None and self._t_first_audio is not None
+                else None
+            )
+            return {
+                "state": self._state,
+                "ttfa_s": ttfa,
+                "ttfa_flush_s": list(self._flush_latencies),
+                "audio_s": audio_s,
+                "elapsed_s": elapsed,
+                "rtf": (elapsed / audio_s) if audio_s > 0 else None,
+                "chunks": len(self._chunks),
+                "bytes": len(self._pcm),
+                "sample_rate": self.sample_rate,
+            }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the audio so far to ``path``: ``.wav`` (exact samples) or ``.mp3``.
+
+        A path without a suffix gets the session's ``format`` (wav unless told).
+        """
+        target = Path(path)
+        if not target.suffix:
+            target = target.with_suffix("." + self._save_format)
+        return save_audio(target, self.audio, self.sample_rate)
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        return f"<Session {m['state']} audio={m['audio_s']:.2f}s chunks={m['chunks']}>"
+
+    # --- listeners -------------------------------------------------------------------
+
+    def add_listener(self, listener: SessionListener, *, replay: bool = True) -> None:
+        """Subscribe ``listener``; with ``replay`` it first sees everything so far."""
+        with self._lock:
+            if replay:
+                for piece in self._text:
+                    self._call(listener.on_flush) if piece is None else self._call(listener.on_text, piece)
+                for seq, chunk in enumerate(self._chunks):
+                    self._call(listener.on_audio, chunk, seq)
+                self._call(listener.on_state, self._state, self._error_text())
+                self._call(listener.on_metrics, self.metrics)
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: SessionListener) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _emit(self, name: str, *args: Any) -> None:
+        for listener in list(self._listeners):
+            self._call(getattr(listener, name), *args)
+
+    @staticmethod
+    def _call(method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:  # a broken listener must not end the session
+            logger.exception("session listener %r failed", method)
+
+    def _error_text(self) -> str | None:
+        return None if self.error is None else f"{type(self.error).__name__}: {self.error}"
+
+    # --- events from the stream (IO thread) -------------------------------------------
+
+    def _on_sent(self, event: TextEvent | FlushEvent) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if isinstance(event, TextEvent):
+                if self._t_first_text is None:
+                    self._t_first_text = now
+                self._text_since_flush = True
+                self._text.append(event.text)
+                self._emit("on_text", event.text)
+            else:
+                if self._text_since_flush and self._pending_flush is None:
+                    self._pending_flush = now
+                self._text_since_flush = False
+                self._text.append(None)
+                self._emit("on_flush")
+
+    def _on_audio(self, data: bytes) -> None:
+        pcm = self._decoder.feed(data)
+        if not pcm:
+            return
+        now = time.perf_counter()
+        with self._lock:
+            if self._t_first_audio is None:
+                self._t_first_audio = now
+            if self._pending_flush is not None:
+                self._flush_latencies.append(now - self._pending_flush)
+                self._pending_flush = None
+            seq = len(self._chunks)
+            self._chunks.append(pcm)
+            self._pcm += pcm
+            self._emit("on_audio", pcm, seq)
+        self._push_metrics()
+
+    def _set_state(self, state: SessionState) -> None:
+        with self._lock:
+            if self._state in FINAL_STATES:
+                return
+            self._state = state
+            self._emit("on_state", state, self._error_text())
+
+    def _push_metrics(self, *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last_metrics_push < METRICS_INTERVAL:
+            return
+        self._last_metrics_push = now
+        with self._lock:
+            self._emit("on_metrics", self.metrics)
