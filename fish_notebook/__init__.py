@@ -28,7 +28,15 @@ from .errors import (
     ValidationError,
     WebSocketError,
 )
-from .protocol import CloseEvent, FlushEvent, Prosody, ReferenceAudio, StopEvent, TextEvent, TTSRequest
+from .protocol import (
+    CloseEvent,
+    FlushEvent,
+    Prosody,
+    ReferenceAudio,
+    StopEvent,
+    TextEvent,
+    TTSRequest,
+)
 
 if TYPE_CHECKING:
     from .client import AsyncRealtimeClient, RealtimeClient, Timeout

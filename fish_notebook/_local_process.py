@@ -43,9 +43,20 @@ def ensure_local_server(timeout: float = START_TIMEOUT) -> str:
             return _url
         if importlib.util.find_spec("piper") is None:
             raise MissingDependencyError("piper-tts", "local", "The embedded offline voice")
-        log = tempfile.NamedTemporaryFile(prefix="fish-notebook-server-", suffix=".log", delete=False)
+        log = tempfile.NamedTemporaryFile(
+            prefix="fish-notebook-server-", suffix=".log", delete=False
+        )
         _log_path = log.name
-        cmd = [sys.executable, "-m", "fish_notebook.local", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fish_notebook.local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--exit-with-parent",
+        ]
         process = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,

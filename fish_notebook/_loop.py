@@ -68,7 +68,7 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         future.cancel()
         try:
             future.result(5.0)
-        except BaseException:  # noqa: BLE001 - the interrupt is what we report
+        except BaseException:
             pass
         raise
 
@@ -86,7 +86,7 @@ def _shutdown() -> None:
 
     try:
         asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(3.0)
-    except Exception:  # noqa: BLE001 - best effort at exit
+    except Exception:
         pass
     loop.call_soon_threadsafe(loop.stop)
     if thread is not None:

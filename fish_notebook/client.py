@@ -112,7 +112,7 @@ class Timeout:
     def coerce(cls, value: Timeout | float | None) -> Timeout:
         if isinstance(value, Timeout):
             return value
-        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             return cls(value, value, value)
         raise ValidationError("timeout", value, "must be a Timeout, a number of seconds or None")
 
@@ -192,7 +192,9 @@ def build_request(
     elif isinstance(config, Mapping):
         base = TTSRequest.from_wire(dict(config))
     else:
-        raise ValidationError("config", type(config).__name__, "must be a TTSRequest, the SDK's TTSConfig, or a dict")
+        raise ValidationError(
+            "config", type(config).__name__, "must be a TTSRequest, the SDK's TTSConfig, or a dict"
+        )
     changes: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if reference_id is not None:
         changes["reference_id"] = reference_id
@@ -220,7 +222,7 @@ def build_request(
     return base.replace(**changes) if changes else base
 
 
-class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RedactingLogger(logging.LoggerAdapter):
     """Hands websockets a logger that never writes the credentials it logs at DEBUG."""
 
     def __init__(self, base: logging.Logger, secret: str | None):
@@ -270,7 +272,7 @@ class AsyncRealtimeStream:
         model: str,
         headers: Mapping[str, str],
         timeout: Timeout,
-        log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        log: logging.LoggerAdapter,
     ) -> None:
         self.endpoint = endpoint
         self.request = request
@@ -281,7 +283,7 @@ class AsyncRealtimeStream:
         self._ws: ClientConnection | None = None
         self._state = StreamState.UNOPENED
         self._opened = asyncio.Event()
-        self._owed = False  # audio is owed: a flush after new text, or stop
+        self._owed_since: float | None = None  # when audio became owed (flush after text, stop)
         self._text_since_flush = False
         self.finish: FinishEvent | None = None
 
@@ -338,8 +340,8 @@ class AsyncRealtimeStream:
     async def flush(self) -> None:
         """Ask the server to speak everything buffered now."""
         await self._send(FlushEvent())
-        if self._text_since_flush:
-            self._owed = True
+        if self._text_since_flush and self._owed_since is None:
+            self._owed_since = time.monotonic()
         self._text_since_flush = False
 
     async def stop(self) -> None:
@@ -348,7 +350,7 @@ class AsyncRealtimeStream:
             return
         await self._send(StopEvent())
         self._state = StreamState.STOPPING
-        self._owed = True
+        self._owed_since = time.monotonic()
 
     async def send(self, event: TextEvent | FlushEvent) -> None:
         """Send one source event (text or flush)."""
@@ -373,26 +375,15 @@ class AsyncRealtimeStream:
         """The next event, or None once the stream has finished cleanly."""
         if self._state is StreamState.CLOSED or self._ws is None:
             return None
-        bound = self._timeout.receive if self._owed else None
-        try:
-            frame = await asyncio.wait_for(self._ws.recv(), bound)
-        except TimeoutError as exc:
-            await self.aclose()
-            waiting = "finish after stop" if self._state is StreamState.STOPPING else "audio after flush"
-            raise ReceiveTimeout(
-                f"the server sent nothing for {bound} s while {waiting} was owed; "
-                "it may be overloaded or stuck: retry with a new stream"
-            ) from exc
-        except ConnectionClosed as exc:
-            await self.aclose()
-            raise _closed_error(exc) from exc
+        frame = await self._recv_frame()
         try:
             event = unpack_server_event(frame)
         except ProtocolError:
             await self.aclose()
             raise
         if isinstance(event, AudioEvent):
-            self._owed = self._state is StreamState.STOPPING
+            # After stop every frame restarts the clock; otherwise the owed audio has come.
+            self._owed_since = time.monotonic() if self._state is StreamState.STOPPING else None
         elif isinstance(event, FinishEvent):
             self.finish = event
             await self.aclose()
@@ -413,6 +404,39 @@ class AsyncRealtimeStream:
                 )
             raise WebSocketError(f"the server reported an error: {event.error}", reason=event.error)
         return event
+
+    async def _recv_frame(self) -> bytes | str:
+        """One frame, bounded by ``timeout.receive`` while audio is owed.
+
+        Sleeps in one-second slices while nothing is owed, so a flush or stop sent by another
+        task starts the clock even if this wait began before it (cancelling recv is safe).
+        """
+        assert self._ws is not None
+        bound = self._timeout.receive
+        while True:
+            owed_since = self._owed_since
+            if owed_since is not None and bound is not None:
+                wait = owed_since + bound - time.monotonic()
+                if wait <= 0:
+                    await self.aclose()
+                    waiting = (
+                        "finish after stop"
+                        if self._state is StreamState.STOPPING
+                        else "audio after flush"
+                    )
+                    raise ReceiveTimeout(
+                        f"the server sent nothing for {bound} s while {waiting} was owed; "
+                        "it may be overloaded or stuck: retry with a new stream"
+                    )
+            else:
+                wait = 1.0
+            try:
+                return await asyncio.wait_for(self._ws.recv(), wait)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                await self.aclose()
+                raise _closed_error(exc) from exc
 
     def __aiter__(self) -> AsyncIterator[ServerEvent]:
         return self._events()
@@ -457,8 +481,12 @@ def _status_error(exc: InvalidStatus, url: str) -> FishNotebookError:
             status=status,
         )
     if status == 429:
-        return ServerBusyError(f"the server at {url} is rate limiting (HTTP 429){said}: retry later")
-    return ConnectError(f"the server at {url} refused the WebSocket handshake (HTTP {status}){said}")
+        return ServerBusyError(
+            f"the server at {url} is rate limiting (HTTP 429){said}: retry later"
+        )
+    return ConnectError(
+        f"the server at {url} refused the WebSocket handshake (HTTP {status}){said}"
+    )
 
 
 def _closed_error(exc: ConnectionClosed) -> WebSocketError:
@@ -483,7 +511,10 @@ def _connect_advice(url: str, origin: str, exc: BaseException) -> str:
         "cloud": "check the network, or unset FISH_API_KEY to use the embedded local server",
         "local": "the embedded local server did not answer; see its log above",
     }[origin]
-    return f"cannot connect to {url} ({type(exc).__name__}: {exc}): {advice}, or start a server with `fish-notebook serve`"
+    return (
+        f"cannot connect to {url} ({type(exc).__name__}: {exc}): {advice}, "
+        "or start a server with `fish-notebook serve`"
+    )
 
 
 # --- clients --------------------------------------------------------------------------------
@@ -528,7 +559,11 @@ class AsyncRealtimeClient:
         self._log = _RedactingLogger(logger, self._api_key)
 
     def __repr__(self) -> str:
-        where = self._base_url or os.environ.get("FISH_BASE_URL") or ("cloud" if self._api_key else "local")
+        where = (
+            self._base_url
+            or os.environ.get("FISH_BASE_URL")
+            or ("cloud" if self._api_key else "local")
+        )
         key = "set" if self._api_key else "none"
         return f"<AsyncRealtimeClient {where} model={self.model} api_key={key}>"
 
@@ -572,14 +607,23 @@ class AsyncRealtimeClient:
         request = build_request(config, **options)
         return _PendingStream(self, request, model or self.model, timestamps)
 
-    async def _open_stream(self, request: TTSRequest, model: str, timestamps: bool) -> AsyncRealtimeStream:
+    async def _open_stream(
+        self, request: TTSRequest, model: str, timestamps: bool
+    ) -> AsyncRealtimeStream:
         stream = self._new_stream(await self.resolve(timestamps=timestamps), request, model)
         await stream.open()
         return stream
 
-    def _new_stream(self, endpoint: Endpoint, request: TTSRequest, model: str) -> AsyncRealtimeStream:
+    def _new_stream(
+        self, endpoint: Endpoint, request: TTSRequest, model: str
+    ) -> AsyncRealtimeStream:
         return AsyncRealtimeStream(
-            endpoint, request, model=model, headers=self._headers(model), timeout=self.timeout, log=self._log
+            endpoint,
+            request,
+            model=model,
+            headers=self._headers(model),
+            timeout=self.timeout,
+            log=self._log,
         )
 
     def stream_websocket(
@@ -612,8 +656,14 @@ class AsyncRealtimeClient:
         """
         self._check_open()
         request = build_request(
-            config, reference_id=reference_id, references=references, format=format,
-            latency=latency, speed=speed, volume=volume, **options,
+            config,
+            reference_id=reference_id,
+            references=references,
+            format=format,
+            latency=latency,
+            speed=speed,
+            volume=volume,
+            **options,
         )
         return self._audio(text_stream, request, model or self.model)
 
@@ -639,7 +689,9 @@ class AsyncRealtimeClient:
         events``; leaving the block early closes the socket and stops reading the source.
         """
         self._check_open()
-        return _EventStream(self, source, request or TTSRequest(), model or self.model, timestamps, on_sent)
+        return _EventStream(
+            self, source, request or TTSRequest(), model or self.model, timestamps, on_sent
+        )
 
     async def aclose(self) -> None:
         """Mark the client closed. Streams already open finish on their own."""
@@ -656,8 +708,15 @@ class AsyncRealtimeClient:
 class _PendingStream:
     """What ``connect()`` returns: await it or use it with ``async with``."""
 
-    def __init__(self, client: AsyncRealtimeClient, request: TTSRequest, model: str, timestamps: bool):
-        self._client, self._request, self._model, self._timestamps = client, request, model, timestamps
+    def __init__(
+        self, client: AsyncRealtimeClient, request: TTSRequest, model: str, timestamps: bool
+    ):
+        self._client, self._request, self._model, self._timestamps = (
+            client,
+            request,
+            model,
+            timestamps,
+        )
         self._stream: AsyncRealtimeStream | None = None
 
     def __await__(self) -> Any:
@@ -810,4 +869,3 @@ def _iterate_in_background(agen: AsyncIterator[bytes]) -> Iterator[bytes]:
 
 async def _next(step: Callable[[], Awaitable[bytes]]) -> bytes:
     return await step()
-

@@ -82,7 +82,9 @@ class WebSocketError(FishNotebookError):
 class ServerBusyError(WebSocketError):
     """The server refused a new session because its concurrency limit was reached."""
 
-    def __init__(self, message: str, *, max_concurrency: int | None = None, reason: str | None = None):
+    def __init__(
+        self, message: str, *, max_concurrency: int | None = None, reason: str | None = None
+    ):
         super().__init__(message, reason=reason)
         self.max_concurrency = max_concurrency
 
@@ -120,6 +122,5 @@ class MissingDependencyError(FishNotebookError, ImportError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{purpose} needs the {package!r} package: "
-            f"pip install 'fish-notebook[{extra}]'"
+            f"{purpose} needs the {package!r} package: pip install 'fish-notebook[{extra}]'"
         )

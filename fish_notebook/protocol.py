@@ -19,7 +19,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeAlias, Union
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import msgpack
 
@@ -90,7 +90,11 @@ def default_sample_rate(audio_format: str) -> int:
 def _check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> None:
     kind = "an int" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise ValidationError(name, value, f"must be {kind} in {low:g}..{high:g}")
     if not low <= value <= high:
         raise ValidationError(name, value, f"must be {kind} in {low:g}..{high:g}")
@@ -212,7 +216,8 @@ class TTSRequest:
             rid = tuple(rid)
             object.__setattr__(self, "reference_id", rid)
         if rid is not None and not (
-            isinstance(rid, str) or (isinstance(rid, tuple) and all(isinstance(r, str) for r in rid))
+            isinstance(rid, str)
+            or (isinstance(rid, tuple) and all(isinstance(r, str) for r in rid))
         ):
             raise ValidationError("reference_id", rid, "must be a str, a list of str, or None")
         _check_bool("normalize", self.normalize)
@@ -376,7 +381,9 @@ class Alignment:
     @classmethod
     def from_wire(cls, data: Any) -> Alignment:
         if not isinstance(data, Mapping) or not isinstance(data.get("segments", []), list):
-            raise ProtocolError(f"'alignment' must be a map with a segments list, got {data!r:.200}")
+            raise ProtocolError(
+                f"'alignment' must be a map with a segments list, got {data!r:.200}"
+            )
         try:
             segments = tuple(
                 AlignmentSegment(str(s["text"]), float(s["start"]), float(s["end"]))
@@ -468,15 +475,15 @@ class UnknownEvent:
     data: Mapping[str, Any]
 
     @property
-    def event(self) -> str:  # type: ignore[override]
+    def event(self) -> str:
         return self.name
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.data)
 
 
-ClientEvent: TypeAlias = Union[StartEvent, TextEvent, FlushEvent, StopEvent]
-ServerEvent: TypeAlias = Union[AudioEvent, FinishEvent, LogEvent, ErrorEvent, UnknownEvent]
+ClientEvent: TypeAlias = StartEvent | TextEvent | FlushEvent | StopEvent
+ServerEvent: TypeAlias = AudioEvent | FinishEvent | LogEvent | ErrorEvent | UnknownEvent
 
 
 # --- framing -------------------------------------------------------------------------------
@@ -511,7 +518,9 @@ def unpack_client_event(frame: bytes | bytearray | memoryview | str) -> ClientEv
     if name == "text":
         text = data.get("text")
         if not isinstance(text, str):
-            raise ProtocolError(f"'text' event needs a string 'text' field, got {type(text).__name__}")
+            raise ProtocolError(
+                f"'text' event needs a string 'text' field, got {type(text).__name__}"
+            )
         return TextEvent(text)
     if name == "flush":
         return FlushEvent()

@@ -85,7 +85,7 @@ class Session:
             raise ValidationError("format", format, "a session saves as 'wav' or 'mp3'")
         request = build_request(config, **options)
         self.request: TTSRequest = request.replace(format="pcm")
-        self._client = client or AsyncRealtimeClient(api_key, base_url, **({"model": model} if model else {}))
+        self._client = client or AsyncRealtimeClient(api_key, base_url)
         self._model = model
         self._source = source
         self._save_path = Path(save) if save is not None else None
@@ -147,7 +147,7 @@ class Session:
             self._finish("stopped" if self._stop_requested else "finished")
         except asyncio.CancelledError:
             self._finish("stopped")
-        except BaseException as exc:  # noqa: BLE001 - every failure ends the session the same way
+        except BaseException as exc:
             self.error = exc
             self._finish("failed")
             if not isinstance(exc, Exception):
@@ -159,7 +159,7 @@ class Session:
         if self._save_path is not None:
             try:
                 self.saved_path = self.save(self._save_path)
-            except Exception as exc:  # noqa: BLE001 - report, but keep the session's own outcome
+            except Exception as exc:
                 logger.warning("could not save %s: %s", self._save_path, exc)
                 if self.error is None:
                     self.error = exc
@@ -340,7 +340,9 @@ class Session:
         with self._lock:
             if replay:
                 for piece in self._text:
-                    self._call(listener.on_flush) if piece is None else self._call(listener.on_text, piece)
+                    self._call(listener.on_flush) if piece is None else self._call(
+                        listener.on_text, piece
+                    )
                 for seq, chunk in enumerate(self._chunks):
                     self._call(listener.on_audio, chunk, seq)
                 self._call(listener.on_state, self._state, self._error_text())

@@ -29,9 +29,24 @@ from fish_notebook.protocol import (
 )
 
 WIRE_FIELDS = {
-    "text", "chunk_length", "format", "sample_rate", "mp3_bitrate", "opus_bitrate", "references",
-    "reference_id", "normalize", "latency", "prosody", "top_p", "temperature", "max_new_tokens",
-    "repetition_penalty", "min_chunk_length", "condition_on_previous_chunks", "early_stop_threshold",
+    "text",
+    "chunk_length",
+    "format",
+    "sample_rate",
+    "mp3_bitrate",
+    "opus_bitrate",
+    "references",
+    "reference_id",
+    "normalize",
+    "latency",
+    "prosody",
+    "top_p",
+    "temperature",
+    "max_new_tokens",
+    "repetition_penalty",
+    "min_chunk_length",
+    "condition_on_previous_chunks",
+    "early_stop_threshold",
 }
 
 
@@ -61,7 +76,9 @@ def test_request_defaults_are_the_clouds() -> None:
         ("reference_id", 12, "str"),
     ],
 )
-def test_bad_request_fields_name_field_value_and_range(field: str, value: object, words: str) -> None:
+def test_bad_request_fields_name_field_value_and_range(
+    field: str, value: object, words: str
+) -> None:
     """A bad field raises ValidationError naming the field, the value and what is allowed."""
     with pytest.raises(ValidationError) as info:
         TTSRequest(**{field: value})  # type: ignore[arg-type]
@@ -99,7 +116,9 @@ def test_sdk_start_event_decodes() -> None:
     assert event.request.opus_bitrate == 32  # the SDK's kbps form is accepted
 
 
-@pytest.mark.parametrize("event", [TextEvent("hi"), FlushEvent(), StopEvent(), StartEvent(TTSRequest(format="pcm"))])
+@pytest.mark.parametrize(
+    "event", [TextEvent("hi"), FlushEvent(), StopEvent(), StartEvent(TTSRequest(format="pcm"))]
+)
 def test_client_events_round_trip(event: object) -> None:
     """Every client event packs to a map with its name and decodes back equal."""
     frame = pack(event)  # type: ignore[arg-type]
@@ -109,9 +128,18 @@ def test_client_events_round_trip(event: object) -> None:
 
 def test_server_events_round_trip() -> None:
     """Audio (with timestamps), finish, log and error events survive pack/unpack."""
-    alignment = Alignment.from_wire({"segments": [{"text": "hi", "start": 0.0, "end": 0.2}], "audio_duration": 0.3})
+    alignment = Alignment.from_wire(
+        {"segments": [{"text": "hi", "start": 0.0, "end": 0.2}], "audio_duration": 0.3}
+    )
     events = [
-        AudioEvent(b"\x00\x01" * 10, content="hi", alignment=alignment, chunk_seq=0, chunk_audio_offset_sec=0.0, time=12.0),
+        AudioEvent(
+            b"\x00\x01" * 10,
+            content="hi",
+            alignment=alignment,
+            chunk_seq=0,
+            chunk_audio_offset_sec=0.0,
+            time=12.0,
+        ),
         FinishEvent("stop"),
         FinishEvent("error", "bad frame"),
         LogEvent("unknown voice"),
@@ -180,7 +208,7 @@ def test_any_text_round_trips(text: str) -> None:
 
 @given(st.binary(max_size=64))
 def test_random_bytes_never_crash_the_decoder(frame: bytes) -> None:
-    """Random bytes either decode to an event or raise ProtocolError/ValidationError: nothing else."""
+    """Random bytes decode to an event or raise ProtocolError/ValidationError, nothing else."""
     try:
         unpack_client_event(frame)
     except (ProtocolError, ValidationError):

@@ -72,7 +72,9 @@ class WireServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> WireServer:
-        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._process_request, compression=None)
+        self._server = await serve(
+            self._handler, "127.0.0.1", 0, process_request=self._process_request, compression=None
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -80,7 +82,9 @@ class WireServer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         if self.behaviour.startswith("reject_"):
             status = int(self.behaviour.split("_")[1])
             return connection.respond(status, f"refused with {status}\n")
@@ -98,14 +102,27 @@ class WireServer:
             async for frame in ws:
                 record.frames.append(frame)
                 record.times.append(time.monotonic())
-                event = msgpack.unpackb(frame) if isinstance(frame, bytes) else {"event": "<text frame>"}
+                event = (
+                    msgpack.unpackb(frame)
+                    if isinstance(frame, bytes)
+                    else {"event": "<text frame>"}
+                )
                 record.events.append(event)
                 name = event.get("event")
-                if name == "start":
-                    if self.behaviour == "error_event":
-                        await ws.send(msgpack.packb({"event": "error", "error": "Concurrency limit exceeded", "max_concurrency": 1}))
-                        continue
-                if self.behaviour == "stall_after_handshake" or (self.behaviour == "stall_midstream" and audio_sent):
+                if name == "start" and self.behaviour == "error_event":
+                    await ws.send(
+                        msgpack.packb(
+                            {
+                                "event": "error",
+                                "error": "Concurrency limit exceeded",
+                                "max_concurrency": 1,
+                            }
+                        )
+                    )
+                    continue
+                if self.behaviour == "stall_after_handshake" or (
+                    self.behaviour == "stall_midstream" and audio_sent
+                ):
                     continue
                 if name == "text":
                     buffered += len(event["text"])
@@ -134,11 +151,15 @@ class WireServer:
             await ws.send(msgpack.packb([1, 2, 3]))
             return
         pcm = bytes(range(256)) * (chars * self.bytes_per_char // 256 + 1)
-        await ws.send(msgpack.packb({"event": "audio", "audio": pcm[: chars * self.bytes_per_char]}))
+        await ws.send(
+            msgpack.packb({"event": "audio", "audio": pcm[: chars * self.bytes_per_char]})
+        )
 
     async def _misbehave_after_audio(self, ws: ServerConnection) -> bool:
         if self.behaviour == "finish_error":
-            await ws.send(msgpack.packb({"event": "finish", "reason": "error", "message": "model crashed"}))
+            await ws.send(
+                msgpack.packb({"event": "finish", "reason": "error", "message": "model crashed"})
+            )
             await ws.close()
             return True
         if self.behaviour == "close_midstream":
@@ -151,7 +172,9 @@ class WireServer:
 
     async def wait_closed_connections(self, timeout: float = 5.0) -> None:
         """Wait until every recorded connection has closed on the server side."""
-        await asyncio.wait_for(asyncio.gather(*(c.closed.wait() for c in self.connections)), timeout)
+        await asyncio.wait_for(
+            asyncio.gather(*(c.closed.wait() for c in self.connections)), timeout
+        )
 
 
 @contextlib.asynccontextmanager
