@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,3 +182,20 @@ class WireServer:
 async def wire_server(behaviour: str = "normal", **kwargs: Any) -> AsyncIterator[WireServer]:
     async with WireServer(behaviour, **kwargs) as server:
         yield server
+
+
+@contextlib.contextmanager
+def threaded_wire_server(behaviour: str = "normal", **kwargs: Any) -> Iterator[WireServer]:
+    """The same server on its own loop in a thread, for tests that block (``session.wait()``)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="wire-server", daemon=True)
+    thread.start()
+    server = WireServer(behaviour, **kwargs)
+    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
