@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from fish_notebook import FlushEvent, Session, StreamTimeout, WebSocketError
-from fish_notebook import _loop
+from fish_notebook import FlushEvent, Session, StreamTimeout, WebSocketError, _loop
 from tests.wire_server import threaded_wire_server
 
 BYTES_PER_CHAR = 200
@@ -60,7 +59,7 @@ def _slow_tokens(words: int, delay: float = 0.05) -> Iterator[str]:
 
 
 def test_session_streams_in_the_background_and_records() -> None:
-    """The constructor returns at once; wait() ends finished with all audio, text and flush points."""
+    """The constructor returns at once; wait() ends finished with audio, text and flush points."""
     with threaded_wire_server() as server:
         session = Session(["Hello ", "there.", FlushEvent(), " Bye."], base_url=server.base_url)
         assert session.state in ("connecting", "streaming")
