@@ -1,0 +1,152 @@
+"""``python -m fish_notebook.local``: run the embedded server from a shell or as a child.
+
+When the server is ready (voice loaded, socket bound) it prints exactly one line to stdout::
+
+    fish-notebook-server listening on ws://127.0.0.1:PORT
+
+and flushes it; a parent that spawned it with ``--port 0`` reads the port from there.
+Everything else (logs, warnings, errors) goes to stderr. ``--exit-with-parent`` makes it
+exit when its stdin reaches end of file, so a child never outlives the process that
+spawned it with a pipe as stdin. SIGINT and SIGTERM stop it cleanly.
+
+Exit status: 0 after a clean stop, 2 for bad options (a one-line message on stderr),
+1 if the server could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from ..errors import FishNotebookError, ValidationError
+from .server import LocalServer, is_loopback
+
+__all__ = ["READY_PREFIX", "TOKEN_ENV", "build_parser", "serve_main"]
+
+#: What the ready line starts with; the URL follows.
+READY_PREFIX = "fish-notebook-server listening on "
+#: Environment variable read for the token when ``--token`` is not given (keeps it out of ps).
+TOKEN_ENV = "FISH_NOTEBOOK_SERVER_TOKEN"
+
+logger = logging.getLogger("fish_notebook.local")
+
+
+def build_parser(prog: str = "python -m fish_notebook.local") -> argparse.ArgumentParser:
+    """The options of the server command (shared with ``fish-notebook serve``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve Fish Audio's realtime TTS protocol (/v1/tts/live) with a local "
+        "Piper voice.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)",
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=8, help="sessions served at once (default 8)"
+    )
+    parser.add_argument(
+        "--voices", metavar="DIR", default=None, help="folder of extra Piper voices (*.onnx)"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="close sessions idle this long (s)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without --token (anyone reaching it can use it)",
+    )
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit when stdin reaches end of file"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (default INFO)",
+    )
+    return parser
+
+
+def serve_main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the server until stopped; return the exit status. ``argv`` excludes the program."""
+    parser = build_parser(prog) if prog else build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
+    )
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(args.host) and token is None:
+        if not args.insecure:
+            print(
+                f"error: refusing to serve on {args.host} without a token: anyone who can "
+                "reach it could use it. Pass --token (or set "
+                f"{TOKEN_ENV}), or --insecure if you mean it.",
+                file=sys.stderr,
+            )
+            return 2
+        logger.warning("serving on %s with no token: anyone who can reach it can use it", args.host)
+    try:
+        server = LocalServer(
+            args.host,
+            args.port,
+            token=token,
+            max_sessions=args.max_sessions,
+            voices_dir=args.voices,
+            idle_timeout=args.idle_timeout,
+            allow_insecure=args.insecure,
+        )
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(server, exit_with_parent=args.exit_with_parent))
+    except (OSError, FishNotebookError) as exc:
+        print(f"error: the server could not start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(server: LocalServer, *, exit_with_parent: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # not on this platform / thread
+            pass
+    async with server:
+        sys.stdout.write(f"{READY_PREFIX}{server.url}\n")
+        sys.stdout.flush()
+        if exit_with_parent:
+            _watch_stdin(loop, stop)
+        await stop.wait()
+        logger.info("stopping")
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set ``stop`` when stdin reaches EOF (the parent closed its end, or died)."""
+
+    def wait_for_eof() -> None:
+        try:
+            while sys.stdin.buffer.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop already closed
+            pass
+
+    threading.Thread(target=wait_for_eof, name="stdin-eof-watch", daemon=True).start()

@@ -1,0 +1,149 @@
+"""What the embedded server saw and sent, session by session, for tests to check.
+
+``LocalServer(record=True)`` fills a :class:`Recorder`: for every WebSocket session, each
+client event received (with a :func:`time.monotonic` timestamp, so a test can tell *when*
+a flush reached the server), each event sent, and the audio bytes sent. Safe to read from
+any thread while the server runs; waiting is always bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import AudioEvent, ClientEvent, FinishEvent, ServerEvent
+
+__all__ = ["ReceivedFrame", "Recorder", "SentEvent", "SessionRecord"]
+
+
+@dataclass(frozen=True)
+class ReceivedFrame:
+    """A frame from the client: the decoded event, or the error that made it unreadable."""
+
+    time: float
+    event: ClientEvent | None
+    error: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The event's name (``"text"``, ``"flush"``...), None for an unreadable frame."""
+        return None if self.event is None else self.event.event
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    """An event the server sent."""
+
+    time: float
+    event: ServerEvent
+
+
+@dataclass
+class SessionRecord:
+    """One WebSocket session as the server saw it. Read it; the server appends to it."""
+
+    id: int
+    model_header: str | None
+    model: str
+    opened: float
+    voice: str | None = None
+    received: list[ReceivedFrame] = field(default_factory=list)
+    sent: list[SentEvent] = field(default_factory=list)
+    closed: float | None = None
+
+    @property
+    def audio(self) -> bytes:
+        """Every audio byte sent, joined: the whole stream the client should have."""
+        return b"".join(s.event.audio for s in self.sent if isinstance(s.event, AudioEvent))
+
+    @property
+    def finish(self) -> FinishEvent | None:
+        """The finish event sent, if any."""
+        for sent in self.sent:
+            if isinstance(sent.event, FinishEvent):
+                return sent.event
+        return None
+
+    def received_named(self, name: str) -> list[ReceivedFrame]:
+        """The frames received whose event is called ``name`` (``"flush"``, ``"text"``...)."""
+        return [frame for frame in self.received if frame.name == name]
+
+    def sent_named(self, name: str) -> list[SentEvent]:
+        """The events sent that are called ``name`` (``"audio"``, ``"log"``...)."""
+        return [sent for sent in self.sent if sent.event.event == name]
+
+
+class Recorder:
+    """Every session of one server, in the order they opened."""
+
+    def __init__(self) -> None:
+        self._sessions: list[SessionRecord] = []
+        self._changed = threading.Condition()
+
+    def __repr__(self) -> str:
+        return f"Recorder(sessions={len(self._sessions)})"
+
+    @property
+    def sessions(self) -> list[SessionRecord]:
+        """A snapshot of the list of sessions (the records themselves keep growing)."""
+        with self._changed:
+            return list(self._sessions)
+
+    def clear(self) -> None:
+        """Forget every session recorded so far."""
+        with self._changed:
+            self._sessions.clear()
+
+    def wait_closed(self, count: int = 1, timeout: float = 10.0) -> list[SessionRecord]:
+        """Block until ``count`` sessions are closed; return the closed ones.
+
+        Raises TimeoutError after ``timeout`` seconds. Do not call this on the event loop
+        that runs the server: use :meth:`await_closed` there.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                closed = [s for s in self._sessions if s.closed is not None]
+                if len(closed) >= count:
+                    return closed
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(closed)} of {count} sessions closed in {timeout}s")
+                self._changed.wait(left)
+
+    async def await_closed(self, count: int = 1, timeout: float = 10.0) -> list[SessionRecord]:
+        """:meth:`wait_closed` for code running on the server's own event loop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            closed = [s for s in self.sessions if s.closed is not None]
+            if len(closed) >= count:
+                return closed
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(closed)} of {count} sessions closed in {timeout}s")
+            await asyncio.sleep(0.01)
+
+    # --- called by the server ------------------------------------------------------------
+
+    def open(self, model_header: str | None, model: str) -> SessionRecord:
+        with self._changed:
+            record = SessionRecord(len(self._sessions), model_header, model, time.monotonic())
+            self._sessions.append(record)
+            self._changed.notify_all()
+            return record
+
+    def received(self, record: SessionRecord, event: ClientEvent | None, error: Any = None) -> None:
+        with self._changed:
+            message = None if error is None else str(error)
+            record.received.append(ReceivedFrame(time.monotonic(), event, message))
+
+    def sent(self, record: SessionRecord, event: ServerEvent) -> None:
+        with self._changed:
+            record.sent.append(SentEvent(time.monotonic(), event))
+
+    def close(self, record: SessionRecord) -> None:
+        with self._changed:
+            record.closed = time.monotonic()
+            self._changed.notify_all()
