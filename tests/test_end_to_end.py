@@ -108,7 +108,7 @@ async def test_several_streams_at_once(local_server: ThreadedServer) -> None:
             return b"".join([c async for c in client.stream_websocket(paced(), format="pcm")])
 
     results = await asyncio.gather(*(speak(t) for t in texts))
-    for text, pcm in zip(texts, results):
+    for text, pcm in zip(texts, results, strict=True):
         _speechlike(pcm, 44100, len(text.split()))
     lengths = [len(p) for p in results]
     assert lengths[1] > lengths[0] and lengths[3] > lengths[2]
@@ -124,7 +124,7 @@ def test_session_against_the_embedded_voice(local_server: ThreadedServer, tmp_pa
     _speechlike(session.audio, session.sample_rate, 8)
     m = session.metrics
     assert (
-        m["chunks"] >= 2 and m["ttfa_s"] is not None and 0 < m["rtf"]
+        m["chunks"] >= 2 and m["ttfa_s"] is not None and m["rtf"] > 0
     )  # two sentences, two chunks at least
     saved = session.save(tmp_path / "hello.wav")
     assert saved.stat().st_size == 44 + len(session.audio)
@@ -137,8 +137,8 @@ README_EXAMPLE = textwrap.dedent(
 
     def llm_tokens():
         # Stands in for a streaming LLM: tokens at LLM pace, a flush at the sentence end.
-        for token in ["Hello", " from", " fish", " notebook", ".", FlushEvent(),
-                      " This", " speech", " was", " streamed", " while", " it", " was", " written", "."]:
+        for token in ["Hello", " from", " fish", " notebook", ".", FlushEvent(), " This",
+                      " speech", " was", " streamed", " while", " it", " was", " written", "."]:
             time.sleep(0.03)
             yield token
 
@@ -150,7 +150,7 @@ README_EXAMPLE = textwrap.dedent(
 
 
 def test_readme_first_example_runs_offline_with_zero_config(tmp_path: Path) -> None:
-    """The README's first example, no env at all: it starts the embedded server and writes speech."""
+    """The README's first example with no env at all starts the embedded server, writes speech."""
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     assert README_EXAMPLE.strip() in readme, "README's first example drifted from this test"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FISH_")}
