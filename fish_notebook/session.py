@@ -24,15 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from . import _loop
-from .audio import PcmDecoder, pcm_duration, save_audio
+from .audio import AudioDecoder, PcmDecoder, format_decoder, pcm_duration, save_audio
 from .client import AsyncRealtimeClient, AsyncRealtimeStream, StreamState, build_request
 from .errors import SessionStateError, StreamTimeout, ValidationError
 from .protocol import AudioEvent, FlushEvent, LogEvent, TextEvent, TTSRequest
+from .sources import iter_audio
 
-__all__ = ["Session", "SessionListener", "SessionState"]
+__all__ = ["Playback", "Session", "SessionListener", "SessionState"]
 
 logger = logging.getLogger("fish_notebook.session")
 
@@ -81,20 +82,27 @@ class Session:
         start: bool = True,
         **options: Any,
     ) -> None:
-        if format is not None and format not in ("wav", "mp3"):
-            raise ValidationError("format", format, "a session saves as 'wav' or 'mp3'")
         request = build_request(config, **options)
         self.request: TTSRequest = request.replace(format="pcm")
         self._client = client or AsyncRealtimeClient(api_key, base_url)
         self._model = model
         self._source = source
+        self._setup(self.request.effective_sample_rate, save, format)
+        self._decoder: AudioDecoder = PcmDecoder(self.sample_rate)
+        if start:
+            self.start()
+
+    def _setup(
+        self, sample_rate: int, save: str | os.PathLike[str] | None, format: str | None
+    ) -> None:
+        """The recording, listeners and metrics: everything a session has whatever feeds it."""
+        if format is not None and format not in ("wav", "mp3"):
+            raise ValidationError("format", format, "a session saves as 'wav' or 'mp3'")
         self._save_path = Path(save) if save is not None else None
         self._save_format = format or "wav"
-        self.sample_rate: int = self.request.effective_sample_rate
-
+        self.sample_rate: int = sample_rate
         self._lock = threading.RLock()
         self._listeners: list[SessionListener] = []
-        self._decoder = PcmDecoder(self.sample_rate)
         self._state: SessionState = "connecting"
         self._text: list[str | None] = []
         self._chunks: list[bytes] = []
@@ -117,8 +125,6 @@ class Session:
         self._future: concurrent.futures.Future[None] | None = None
         self._done = threading.Event()
         self._stop_requested = False
-        if start:
-            self.start()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -131,19 +137,8 @@ class Session:
 
     async def _run(self) -> None:
         self._task = asyncio.current_task()
-        client = self._client
         try:
-            feed = client.stream_events(
-                self._source, request=self.request, model=self._model, on_sent=self._on_sent
-            )
-            async with feed as events:
-                self._stream = feed.stream
-                self._set_state("streaming")
-                async for event in events:
-                    if isinstance(event, AudioEvent):
-                        self._on_audio(event.audio)
-                    elif isinstance(event, LogEvent):
-                        self._logs.append(event.message)
+            await self._drive()
             self._finish("stopped" if self._stop_requested else "finished")
         except asyncio.CancelledError:
             self._finish("stopped")
@@ -152,6 +147,20 @@ class Session:
             self._finish("failed")
             if not isinstance(exc, Exception):
                 raise
+
+    async def _drive(self) -> None:
+        """Feed the source to the server and record what comes back."""
+        feed = self._client.stream_events(
+            self._source, request=self.request, model=self._model, on_sent=self._on_sent
+        )
+        async with feed as events:
+            self._stream = feed.stream
+            self._set_state("streaming")
+            async for event in events:
+                if isinstance(event, AudioEvent):
+                    self._on_audio(event.audio)
+                elif isinstance(event, LogEvent):
+                    self._logs.append(event.message)
 
     def _finish(self, state: SessionState) -> None:
         self._t_end = time.perf_counter()
@@ -387,10 +396,15 @@ class Session:
 
     def _on_audio(self, data: bytes) -> None:
         pcm = self._decoder.feed(data)
-        if not pcm:
-            return
+        if pcm:
+            self._record_pcm(pcm)
+
+    def _record_pcm(self, pcm: bytes) -> None:
         now = time.perf_counter()
         with self._lock:
+            if not self._chunks and self._decoder.sample_rate != self.sample_rate:
+                # A WAV header said otherwise: it is the truth, and no audio went out yet.
+                self.sample_rate = self._decoder.sample_rate
             if self._t_first_audio is None:
                 self._t_first_audio = now
             if self._pending_flush is not None:
@@ -416,3 +430,51 @@ class Session:
         self._last_metrics_push = now
         with self._lock:
             self._emit("on_metrics", self.metrics)
+
+
+class Playback(Session):
+    """A session fed with audio instead of text: any (async) iterable of audio bytes.
+
+    For code that already has an audio stream, such as the Fish SDK's own
+    ``stream_websocket`` output. Chunks are decoded to PCM as they arrive (``pcm``, ``wav``,
+    or ``mp3`` with the ``mp3`` extra) and recorded, played and saved like any session's.
+    ``flush()`` does nothing here (there is no text); ``stop()`` stops reading the stream.
+
+    Args:
+        stream: bytes, or a sync/async iterable of bytes (a sync one is read in a thread).
+        format: what the bytes are: ``"mp3"`` (the SDK's default), ``"wav"`` or ``"pcm"``.
+        sample_rate: the rate of ``pcm`` input, and the rate ``mp3`` is decoded to.
+            For ``wav`` the header decides.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        format: str = "mp3",
+        sample_rate: int = 44100,
+        save: str | os.PathLike[str] | None = None,
+        start: bool = True,
+    ) -> None:
+        if format not in ("pcm", "wav", "mp3"):
+            raise ValidationError("format", format, "play() takes 'mp3', 'wav' or 'pcm' audio")
+        self._source = stream
+        self._stream_format = format
+        self._setup(sample_rate, save, "mp3" if format == "mp3" else "wav")
+        self._decoder = format_decoder(format, sample_rate)
+        if start:
+            self.start()
+
+    async def _drive(self) -> None:
+        self._set_state("streaming")
+        with self._lock:
+            self._t_first_text = time.perf_counter()  # the clock for TTFA and RTF starts now
+        async with iter_audio(self._source) as chunks:
+            async for chunk in chunks:
+                self._on_audio(cast(bytes, chunk))
+        tail = self._decoder.finish()
+        if tail:
+            self._record_pcm(tail)
+
+    def flush(self) -> None:
+        """Nothing to flush: the audio is already made."""

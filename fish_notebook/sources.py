@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeAlias
 
 from .errors import SessionStateError, ValidationError
@@ -39,6 +39,7 @@ __all__ = [
     "SourceEvent",
     "SourceIterator",
     "apaced",
+    "iter_audio",
     "iter_source",
     "llm_tokens",
     "normalize_item",
@@ -302,9 +303,16 @@ class SourceIterator:
       block interpreter or loop shutdown.
     """
 
-    def __init__(self, source: Source, *, max_buffered: int = 64) -> None:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        max_buffered: int = 64,
+        normalize: Callable[[Any, int], Any] | None = None,
+    ) -> None:
         if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
             raise ValidationError("max_buffered", max_buffered, "must be an int >= 1")
+        self._normalize = normalize or normalize_item
         self._max_buffered = max_buffered
         self._position = 0
         self._closed = False
@@ -316,7 +324,9 @@ class SourceIterator:
         self._in_step = False
         self._close_pending = False
 
-        if isinstance(source, (str, TextEvent, FlushEvent)):
+        if isinstance(source, (str, TextEvent, FlushEvent)) or (
+            normalize is not None and isinstance(source, (bytes, bytearray, memoryview))
+        ):
             self._items = iter((source,))
         elif isinstance(source, (list, tuple)):
             self._items = iter(source)  # already in memory: nothing can block
@@ -351,7 +361,7 @@ class SourceIterator:
             position = self._position
             self._position += 1
             try:
-                event = normalize_item(item, position)
+                event = self._normalize(item, position)
             except TypeError:
                 await self.aclose()
                 raise
@@ -566,3 +576,22 @@ async def apaced(
         yield token
         if flush_at_sentence_end and _ends_sentence(token):
             yield FlushEvent()
+
+
+def _audio_item(item: Any, position: int) -> bytes | None:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item) or None
+    raise TypeError(
+        f"audio stream item {position} is a {type(item).__qualname__}, not bytes: "
+        f"{_short_repr(item)}"
+    )
+
+
+def iter_audio(source: Any, *, max_buffered: int = 64) -> SourceIterator:
+    """Iterate an audio byte stream (bytes, or a sync/async iterable of bytes) as bytes.
+
+    The same guarantees as :func:`iter_source` (a sync iterable is pulled in a daemon
+    thread, closing never blocks); empty chunks are skipped, anything but bytes raises
+    TypeError naming the item and its position.
+    """
+    return SourceIterator(source, max_buffered=max_buffered, normalize=_audio_item)

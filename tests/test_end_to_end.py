@@ -160,3 +160,22 @@ def test_readme_first_example_runs_offline_with_zero_config(tmp_path: Path) -> N
     parser = WavStreamParser()
     pcm = parser.feed((tmp_path / "hello.wav").read_bytes())
     _speechlike(pcm, parser.sample_rate or 44100, 10)
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "pcm"])
+def test_playback_of_the_official_sdk_stream(
+    local_server: ThreadedServer, audio_format: str
+) -> None:
+    """Playback records the Fish SDK's own sync stream_websocket output, sample-exact."""
+    from fishaudio import FishAudio
+
+    from fish_notebook.session import Playback
+
+    sdk = FishAudio(api_key="unused-locally", base_url=local_server.http_url)
+    stream = sdk.tts.stream_websocket(iter(["Played as it ", "arrives."]), format=audio_format)
+    playback = Playback(stream, format=audio_format).wait(60)
+    assert playback.state == "finished" and playback.text == []
+    sent = local_server.recorder.sessions[-1].audio  # type: ignore[union-attr]
+    expected = WavStreamParser().feed(sent) if audio_format == "wav" else sent
+    assert playback.audio == expected and playback.sample_rate == 44100
+    _speechlike(playback.audio, playback.sample_rate, 4)
