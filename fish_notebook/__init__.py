@@ -40,7 +40,8 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .client import AsyncRealtimeClient, RealtimeClient, Timeout
-    from .session import Session
+    from .play import play
+    from .session import Playback, Session
 
 __all__ = [
     "AsyncRealtimeClient",
@@ -51,6 +52,7 @@ __all__ = [
     "FishNotebookError",
     "FlushEvent",
     "MissingDependencyError",
+    "Playback",
     "Prosody",
     "ProtocolError",
     "RealtimeClient",
@@ -69,6 +71,7 @@ __all__ = [
     "WebSocketError",
     "__version__",
     "load_ipython_extension",
+    "play",
     "unload_ipython_extension",
 ]
 
@@ -78,6 +81,8 @@ _LAZY = {
     "RealtimeClient": "client",
     "Timeout": "client",
     "Session": "session",
+    "Playback": "session",
+    "play": "play",
 }
 
 
