@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from . import _loop
 from .audio import AudioDecoder, PcmDecoder, format_decoder, pcm_duration, save_audio
@@ -37,6 +37,7 @@ __all__ = ["Playback", "Session", "SessionListener", "SessionState"]
 
 logger = logging.getLogger("fish_notebook.session")
 
+_S = TypeVar("_S", bound="Session")
 SessionState = Literal["connecting", "streaming", "finished", "failed", "stopped"]
 FINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "stopped"})
 METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
@@ -128,7 +129,7 @@ class Session:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> Session:
+    def start(self: _S) -> _S:
         """Begin streaming on the background loop. Returns self; a second call is refused."""
         if self._future is not None:
             raise SessionStateError("this session has already started")
@@ -217,7 +218,7 @@ class Session:
 
         loop.call_soon_threadsafe(cancel)
 
-    def wait(self, timeout: float | None = None) -> Session:
+    def wait(self: _S, timeout: float | None = None) -> _S:
         """Block until the session ends; re-raise its error if it failed. Returns self.
 
         Usable from plain sync code and inside a notebook cell (nbclient/papermill runs).
