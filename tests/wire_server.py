@@ -56,12 +56,21 @@ class Recorded:
 class WireServer:
     """``async with WireServer() as server:`` then connect to ``server.base_url``."""
 
-    def __init__(self, behaviour: str = "normal", *, bytes_per_char: int = 200, delay: float = 0.0):
+    def __init__(
+        self,
+        behaviour: str = "normal",
+        *,
+        bytes_per_char: int = 200,
+        delay: float = 0.0,
+        record: bool = True,
+    ):
         assert behaviour in BEHAVIOURS, behaviour
         self.behaviour = behaviour
         self.bytes_per_char = bytes_per_char
         self.delay = delay
+        self.record = record  # False: count connections only (for leak tests)
         self.connections: list[Recorded] = []
+        self.connection_count = 0
         self._server: Any = None
 
     @property
@@ -96,19 +105,23 @@ class WireServer:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         record = Recorded(ws.request.path, ws.request.headers)
-        self.connections.append(record)
+        self.connection_count += 1
+        if self.record:
+            self.connections.append(record)
         buffered = 0
         audio_sent = 0
         try:
             async for frame in ws:
-                record.frames.append(frame)
-                record.times.append(time.monotonic())
+                if self.record:
+                    record.frames.append(frame)
+                    record.times.append(time.monotonic())
                 event = (
                     msgpack.unpackb(frame)
                     if isinstance(frame, bytes)
                     else {"event": "<text frame>"}
                 )
-                record.events.append(event)
+                if self.record:
+                    record.events.append(event)
                 name = event.get("event")
                 if name == "start" and self.behaviour == "error_event":
                     await ws.send(
