@@ -76,7 +76,7 @@ CASES = [
 def test_session_fails_cleanly(
     behaviour: str, error_type: type[Exception], words: str, kept: int, tmp_path: Path
 ) -> None:
-    """Every server fault: the typed error in bounded time, audio kept and saved, nothing left over."""
+    """Each server fault: typed error in bounded time, audio kept and saved, nothing left over."""
     with threaded_wire_server(behaviour) as server:
         client = AsyncRealtimeClient(
             base_url=server.base_url, timeout=Timeout(connect=3, receive=1, close=1)
