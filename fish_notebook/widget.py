@@ -1,0 +1,361 @@
+"""The live player: an anywidget that plays speech while it arrives.
+
+:class:`Player` is a session listener (see ``session.py``): the session calls its ``on_*``
+methods from its IO thread, and the player forwards what it hears to every open view.
+
+What goes where, and why:
+
+- Audio travels as binary comm buffers, one message per chunk
+  (``{"kind": "audio", "seq": n, "chars": c}`` + the PCM bytes). It is never put in a trait:
+  a growing trait would be re-sent whole on every change.
+- Everything else a view needs (state, transcript with flush points, metrics, sample rate,
+  error) lives in small synced traits, so a view opened late has it at once.
+- Messages sent before the browser loaded the widget code are lost, so the browser asks for
+  the recording (``{"kind": "replay-request"}``) as soon as the model exists; the player
+  answers with the number of chunks recorded (``{"kind": "recording", "total": n}``), the
+  browser asks for the sequence numbers it lacks (``{"kind": "replay-request", "seqs": [...]}``)
+  and gets them (``{"kind": "replay", "seqs": [...]}`` + buffers). Sequence numbers make
+  the browser drop any chunk it already has, so nothing is duplicated or missed.
+- Button clicks come back as ``{"kind": "flush"}`` and ``{"kind": "stop"}`` and are passed to
+  the session (or to any object with ``flush()`` and ``stop()``).
+- The browser publishes what it did (chunks scheduled, gaps, underruns, latencies) in the
+  ``stats`` trait and in a ``data-stats`` attribute of the player element.
+
+Nothing secret is ever put in a trait or an output: the session API exposes no key.
+
+:func:`display_player` shows a player and, when the session ends, a standard ``<audio>``
+element (WAV as a data URI) in a second output, so a saved notebook still plays where
+widgets do not run (nbviewer, nbconvert HTML). While the live player runs, it hides that
+element so the audio is not shown twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import io
+import pathlib
+import threading
+import uuid
+import wave
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anywidget
+import traitlets
+from IPython.display import HTML, DisplayHandle, display
+
+from .errors import FishNotebookError
+
+__all__ = ["Controls", "Player", "display_player"]
+
+_STATIC = pathlib.Path(__file__).parent / "static"
+
+#: Session states after which no more audio comes.
+TERMINAL_STATES = frozenset({"finished", "failed", "stopped"})
+
+#: The recording is resent in messages of at most this many bytes of PCM.
+_REPLAY_BATCH_BYTES = 1 << 20
+
+
+class Controls(Protocol):
+    """What the player's Flush and Stop buttons drive (a session satisfies it)."""
+
+    def flush(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _Session(Controls, Protocol):
+    """The part of ``session.Session`` the player uses."""
+
+    sample_rate: int
+
+    def add_listener(self, listener: Any, *, replay: bool = True) -> None: ...
+
+    def remove_listener(self, listener: Any) -> None: ...
+
+
+class Player(anywidget.AnyWidget):
+    """A live audio player for one speech session.
+
+    Feed it by attaching a session (``Player(session)`` or :meth:`attach`), or by calling the
+    ``on_*`` listener methods yourself (from any one thread at a time, in stream order).
+
+    Guarantees:
+        - Every chunk given to :meth:`on_audio` reaches every view, in order, exactly once,
+          including views that open after it was sent (they receive the recording).
+        - Traits hold only small state; audio is never stored in a trait.
+    """
+
+    _esm = _STATIC / "player.js"
+    _css = _STATIC / "player.css"
+
+    #: idle, connecting, streaming, finished, failed or stopped.
+    status = traitlets.Unicode("idle").tag(sync=True)
+    #: The session's error message when ``status == "failed"``.
+    error = traitlets.Unicode("").tag(sync=True)
+    #: Hz of the 16-bit mono PCM sent to the browser.
+    sample_rate = traitlets.Int(44100).tag(sync=True)
+    #: Text sent to the server, in pieces; ``None`` marks a flush point.
+    transcript: traitlets.List[str | None] = traitlets.List().tag(sync=True)
+    #: The session's live metrics (ttfa_s, rtf, audio_s, chunks, ...).
+    metrics = traitlets.Dict().tag(sync=True)
+    #: How many chunks were sent so far, so a view can tell it has them all.
+    chunk_count = traitlets.Int(0).tag(sync=True)
+    #: Identifies this player's fallback ``<audio>`` output in the page.
+    player_id = traitlets.Unicode("").tag(sync=True)
+    #: Written by the browser: what it received, scheduled and played (see player.js).
+    stats = traitlets.Dict().tag(sync=True)
+
+    def __init__(
+        self,
+        session: _Session | None = None,
+        *,
+        sample_rate: int | None = None,
+        controls: Controls | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create a player, optionally attached to ``session`` at once.
+
+        Args:
+            session: A ``Session`` to listen to (its recording so far is replayed).
+            sample_rate: Hz of the PCM you will feed, when there is no session.
+            controls: What Flush and Stop drive, when there is no session.
+        """
+        super().__init__(player_id=uuid.uuid4().hex, **kwargs)
+        if sample_rate is not None:
+            self.sample_rate = sample_rate
+        self._lock = threading.Lock()
+        self._chunks: list[bytes] = []
+        self._chunk_chars: list[int] = []
+        self._text: list[str | None] = []
+        self._chars = 0
+        self._replays = 0
+        self._session: _Session | None = None
+        self._controls: Controls | None = controls
+        self._fallback: _Fallback | None = None
+        self.on_msg(self._handle_message)
+        if session is not None:
+            self.attach(session)
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def attach(self, session: _Session) -> None:
+        """Listen to ``session``: replay what it has so far, then follow it live.
+
+        Raises:
+            SessionStateError: This player already follows a session.
+        """
+        from .errors import SessionStateError
+
+        if self._session is not None:
+            raise SessionStateError("this player already follows a session: create a new Player")
+        self._session = session
+        self._controls = session
+        self.sample_rate = session.sample_rate
+        session.add_listener(self, replay=True)
+
+    def detach(self) -> None:
+        """Stop following the session (the recording stays). Safe to call twice."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.remove_listener(self)
+
+    def close(self) -> None:
+        """Detach from the session and close the widget in every view."""
+        self.detach()
+        super().close()
+
+    @property
+    def audio(self) -> bytes:
+        """All PCM received so far (16-bit little-endian mono at :attr:`sample_rate`)."""
+        with self._lock:
+            return b"".join(self._chunks)
+
+    def wav_bytes(self) -> bytes:
+        """The recording so far as a WAV file."""
+        return _wav_bytes(self.audio, self.sample_rate)
+
+    # -- SessionListener ---------------------------------------------------------------------
+
+    def on_text(self, text: str) -> None:
+        """A piece of text was sent to the server."""
+        with self._lock:
+            self._text.append(text)
+            self._chars += len(text)
+            transcript = list(self._text)
+        self.transcript = transcript
+
+    def on_flush(self) -> None:
+        """A flush point was sent to the server."""
+        with self._lock:
+            self._text.append(None)
+            transcript = list(self._text)
+        self.transcript = transcript
+
+    def on_audio(self, pcm: bytes, seq: int | None = None) -> None:
+        """A chunk of 16-bit LE mono PCM arrived; it is sent to every view at once.
+
+        ``seq`` is informational: the player numbers chunks in the order it receives them.
+        """
+        pcm = bytes(pcm)
+        with self._lock:
+            seq = len(self._chunks)
+            self._chunks.append(pcm)
+            self._chunk_chars.append(self._chars)
+            chars = self._chars
+        self.send({"kind": "audio", "seq": seq, "chars": chars}, buffers=[pcm])
+        self.chunk_count = seq + 1
+
+    def on_state(self, state: str, error: str | None = None) -> None:
+        """The session changed state; a terminal state publishes the static fallback."""
+        self.error = error or ""
+        self.status = state
+        if state in TERMINAL_STATES and self._fallback is not None:
+            self._fallback.publish(self)
+
+    def on_metrics(self, metrics: dict[str, Any]) -> None:
+        """The session's metrics changed."""
+        self.metrics = dict(metrics)
+
+    # -- browser messages --------------------------------------------------------------------
+
+    def _handle_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        kind = content.get("kind")
+        if kind == "replay-request":
+            seqs = content.get("seqs")
+            if isinstance(seqs, list):
+                self._send_chunks([s for s in seqs if isinstance(s, int)])
+            else:
+                self._send_inventory()
+        elif kind in ("flush", "stop"):
+            controls = self._controls
+            if controls is None:
+                return
+            try:
+                controls.flush() if kind == "flush" else controls.stop()
+            except FishNotebookError as exc:
+                # A click that races the end of the session: show it, never raise in a callback.
+                self.error = str(exc)
+
+    def _send_inventory(self) -> None:
+        """Tell a view how many chunks exist; it then asks for the ones it lacks.
+
+        Two steps, because the request usually comes from a view that already received most
+        chunks live (its answer waits while a cell blocks): only what is missing is resent.
+        ``first`` tells the view whether it is the first to ask (a fresh display plays what
+        it missed; a reloaded page of a finished session waits for Play).
+        """
+        with self._lock:
+            total = len(self._chunks)
+            self._replays += 1
+            first = self._replays == 1
+        self.send({"kind": "recording", "total": total, "first": first})
+
+    def _send_chunks(self, seqs: list[int]) -> None:
+        """Send the recorded chunks ``seqs`` in messages of at most about 1 MB of PCM."""
+        with self._lock:
+            wanted = [
+                (s, self._chunks[s], self._chunk_chars[s])
+                for s in seqs
+                if 0 <= s < len(self._chunks)
+            ]
+        start = 0
+        while start < len(wanted):
+            end, size = start, 0
+            while end < len(wanted) and (
+                end == start or size + len(wanted[end][1]) <= _REPLAY_BATCH_BYTES
+            ):
+                size += len(wanted[end][1])
+                end += 1
+            batch = wanted[start:end]
+            self.send(
+                {
+                    "kind": "replay",
+                    "seqs": [seq for seq, _, _ in batch],
+                    "chars": [chars for _, _, chars in batch],
+                },
+                buffers=[pcm for _, pcm, _ in batch],
+            )
+            start = end
+
+    # -- static fallback ---------------------------------------------------------------------
+
+    def _set_fallback(self, fallback: _Fallback) -> None:
+        self._fallback = fallback
+        if self.status in TERMINAL_STATES:
+            fallback.publish(self)
+
+
+class _Fallback:
+    """A display output that gets a standard ``<audio>`` element when the session ends.
+
+    The update is published in the context of the cell that displayed the player, so it is
+    addressed to that cell even though it comes from the session's thread.
+    """
+
+    def __init__(self, handle: DisplayHandle, player_id: str) -> None:
+        self._handle = handle
+        self._player_id = player_id
+        self._context = contextvars.copy_context()
+        self._published = False
+        self._lock = threading.Lock()
+
+    def publish(self, player: Player) -> None:
+        """Replace the placeholder by the recording. Only the first call does anything."""
+        with self._lock:
+            if self._published:
+                return
+            self._published = True
+        pcm = player.audio
+        if not pcm:
+            return
+        html = _fallback_html(self._player_id, _wav_bytes(pcm, player.sample_rate))
+        self._context.copy().run(self._handle.update, HTML(html))
+
+
+def _fallback_html(player_id: str, wav: bytes, *, body: str | None = None) -> str:
+    if body is None:
+        data = base64.b64encode(wav).decode("ascii")
+        body = f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+    return f'<div class="fishnb-fallback" data-fishnb-player="{player_id}">{body}</div>'
+
+
+def _wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def display_player(
+    session: _Session | None = None,
+    *,
+    fallback: bool = True,
+    display_fn: Callable[..., Any] = display,
+    **kwargs: Any,
+) -> Player:
+    """Display a live player for ``session`` (or an unattached one) and return it.
+
+    Args:
+        session: The session to play; ``None`` gives a player you feed yourself.
+        fallback: Also show a standard ``<audio>`` element once the session ends, so a saved
+            notebook plays where widgets do not run. The live player hides it.
+        display_fn: How to display (IPython's ``display`` by default).
+        **kwargs: Passed to :class:`Player`.
+    """
+    player = Player(**kwargs)
+    display_fn(player)
+    if fallback:
+        handle = display_fn(HTML(_fallback_html(player.player_id, b"", body="")), display_id=True)
+        if isinstance(handle, DisplayHandle):
+            player._set_fallback(_Fallback(handle, player.player_id))
+    if session is not None:
+        player.attach(session)
+    return player

@@ -1,0 +1,420 @@
+"""A real JupyterLab in headless Chromium, with the embedded TTS server in this process.
+
+One Lab server, one browser and one TTS server serve the whole browser suite (starting them
+is most of the cost); each test opens its own notebook, which gets its own kernel, and shuts
+its kernels down afterwards.
+
+- The TTS server (``LocalServer(record=True)``) runs on a thread of the *test* process, so a
+  test can see what reached it (flush events, closed sockets). The kernels find it through
+  ``FISH_BASE_URL`` in the Lab server's environment.
+- ``FISH_API_KEY`` is set to a dummy value so a test can check that it never reaches the page
+  or the saved notebook.
+- Lab runs with isolated config/data/runtime/IPython folders in a temporary directory and
+  user settings that avoid the two pop-ups that block a fresh Lab (kernel choice, news).
+- Chromium is Debian's (``shutil.which("chromium")``), driven by Playwright's Python package;
+  Playwright's own browser download cannot work offline.
+
+Every wait in the page is bounded (``wait_for_function`` timeouts, or a promise raced against
+a timer), and every test has a hard time limit (``pytest.mark.timeout``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+DUMMY_KEY = "fishnb-dummy-key-" + secrets.token_hex(8)
+LAB_START_TIMEOUT = 90.0
+DEFAULT_WAIT_MS = 30_000
+
+# Chromium flags measured to work here (BROWSER.md). --autoplay-policy=no-user-gesture-required
+# lets an AudioContext created without a click start "running": in a real notebook the user's
+# Shift+Enter is that gesture, and a headless test must not rely on Playwright's clicks (which
+# also count as gestures and would hide a player that only works after a click).
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+# User settings (in the isolated JUPYTER_CONFIG_DIR): start the kernel without asking, and
+# never fetch news or check for updates (no network here, and the pop-up blocks clicks).
+USER_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
+}
+
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Lab:
+    """A running JupyterLab server: where it is and how to talk to its REST API."""
+
+    url: str
+    token: str
+    root: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def api(self, method: str, path: str, timeout: float = 10.0) -> Any:
+        """Call the REST API; returns the decoded JSON body (None when empty)."""
+        request = urllib.request.Request(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def write_notebook(self, name: str, cells: list[str]) -> Path:
+        """Write ``name`` (an .ipynb in the server's root) with one code cell per string."""
+        nb = nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell(source) for source in cells],
+            metadata={"kernelspec": KERNELSPEC},
+        )
+        path = self.root / name
+        nbformat.write(nb, path)
+        return path
+
+    def shutdown_kernels(self) -> None:
+        """Shut down every kernel (each test's notebook started one)."""
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            for session in self.api("GET", "/api/sessions") or []:
+                self.api("DELETE", f"/api/sessions/{session['id']}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log, for failure messages."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@pytest.fixture(scope="session")
+def tts_server() -> Iterator[Any]:
+    """The embedded TTS server, recording every session, on a thread of this process."""
+    local = pytest.importorskip("fish_notebook.local")
+    with local.LocalServer(record=True).run_in_thread() as threaded:
+        yield threaded.server
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory, tts_server: Any) -> Iterator[Lab]:
+    """A JupyterLab on a free loopback port, isolated in a temporary directory."""
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "notebooks"
+    root.mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("JUPYTER", "IPYTHON", "FISH_"))
+    }
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        env[name] = str(base / name.lower())
+    env["FISH_BASE_URL"] = tts_server.url
+    env["FISH_API_KEY"] = DUMMY_KEY
+    env["PYTHONUNBUFFERED"] = "1"
+    settings = base / "jupyter_config_dir" / "lab" / "user-settings"
+    for relative, values in USER_SETTINGS.items():
+        path = settings / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+    port = free_port()
+    token = secrets.token_hex(16)
+    log = base / "lab.log"
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.password=",
+        "--ServerApp.allow_root=True",  # Jupyter refuses to run as root without it
+        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to drive the page
+        f"--ServerApp.root_dir={root}",
+    ]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    server = Lab(f"http://127.0.0.1:{port}", token, root, log, process)
+    try:
+        deadline = time.monotonic() + LAB_START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {process.returncode}:\n{server.log_tail()}")
+            with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+                server.api("GET", "/api/status", timeout=2.0)
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"JupyterLab did not answer in {LAB_START_TIMEOUT} s:\n{server.log_tail()}"
+                )
+            time.sleep(0.25)
+        yield server
+    finally:
+        server.shutdown_kernels()
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium, driven by Playwright."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("chromium is not installed (make system installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_FLAGS, timeout=60_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@dataclass
+class NotebookPage:
+    """A Playwright page showing one notebook in Lab, with helpers to drive it."""
+
+    lab: Lab
+    page: Any
+    name: str = ""
+    console: list[str] = field(default_factory=list)
+
+    # -- opening and running -----------------------------------------------------------------
+
+    def open(self, name: str, cells: list[str]) -> NotebookPage:
+        """Write the notebook ``name`` with ``cells``, open it and wait for its kernel."""
+        self.lab.write_notebook(name, cells)
+        self.name = name
+        self.page.goto(f"{self.lab.url}/lab/tree/{name}?reset&token={self.lab.token}")
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_ms: int = 60_000) -> None:
+        """Wait until the notebook is loaded and its kernel is idle."""
+        self.page.wait_for_function(
+            """() => {
+                const app = window.jupyterapp;
+                const w = app && app.shell && app.shell.currentWidget;
+                if (!w || !w.context || !w.sessionContext || !w.content) return false;
+                const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
+                return w.context.isReady && w.sessionContext.isReady && !!kernel
+                    && kernel.connectionStatus === "connected" && kernel.status === "idle";
+            }""",
+            timeout=timeout_ms,
+        )
+
+    def command(
+        self, name: str, args: dict[str, Any] | None = None, timeout_ms: int = 20_000
+    ) -> Any:
+        """Run a Lab command, raced against a timer; returns its result."""
+        return self.page.evaluate(
+            """async ([name, args, ms]) => {
+                const timer = new Promise((_, reject) =>
+                    setTimeout(() => reject(new Error(`command ${name} timed out`)), ms));
+                return await Promise.race([window.jupyterapp.commands.execute(name, args), timer]);
+            }""",
+            [name, args or {}, timeout_ms],
+        )
+
+    def run_all(self) -> None:
+        """Queue every cell for execution (retried: the first call can come too early)."""
+        for _ in range(20):
+            if self.command("notebook:run-all-cells") is True:
+                return
+            time.sleep(0.25)
+        raise AssertionError("notebook:run-all-cells never returned true")
+
+    def wait_cells_done(self, timeout_ms: int = 60_000) -> None:
+        """Wait until every code cell has run (has an execution count) and the kernel is idle."""
+        self.page.wait_for_function(
+            """() => {
+                const w = window.jupyterapp.shell.currentWidget;
+                const kernel = w.sessionContext.session.kernel;
+                const cells = Array.from(w.content.model.cells);
+                return kernel.status === "idle"
+                    && cells.every(c => c.type !== "code" || c.executionCount !== null);
+            }""",
+            timeout=timeout_ms,
+        )
+
+    def cell_errors(self) -> list[str]:
+        """Error outputs of every cell, as ``ename: evalue``."""
+        return list(
+            self.page.evaluate(
+                """() => {
+                    const out = [];
+                    const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+                    for (const cell of cells) {
+                        if (cell.type !== "code") continue;
+                        for (const o of cell.outputs.toJSON())
+                            if (o.output_type === "error") out.push(`${o.ename}: ${o.evalue}`);
+                    }
+                    return out;
+                }"""
+            )
+        )
+
+    def kernel(self, code: str, timeout_ms: int = 20_000) -> str:
+        """Run ``code`` in the notebook's kernel (outside any cell) and return its stdout."""
+        result = self.page.evaluate(
+            """async ([code, ms]) => {
+                const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+                let out = "", error = null;
+                const future = kernel.requestExecute({ code, store_history: false });
+                future.onIOPub = (msg) => {
+                    if (msg.header.msg_type === "stream") out += msg.content.text;
+                    if (msg.header.msg_type === "error")
+                        error = `${msg.content.ename}: ${msg.content.evalue}`;
+                };
+                const timer = new Promise((_, reject) =>
+                    setTimeout(() => reject(new Error("kernel request timed out")), ms));
+                await Promise.race([future.done, timer]);
+                return { out, error };
+            }""",
+            [code, timeout_ms],
+        )
+        if result["error"]:
+            raise AssertionError(f"kernel code failed: {result['error']}\n{code}")
+        return str(result["out"])
+
+    def kernel_json(self, expression: str, timeout_ms: int = 20_000) -> Any:
+        """Evaluate a Python expression in the kernel and return it through JSON."""
+        out = self.kernel(f"import json as _j; print(_j.dumps({expression}))", timeout_ms)
+        return json.loads(out)
+
+    def wait_kernel(self, expression: str, expected: Any, timeout: float = 15.0) -> None:
+        """Poll a Python expression in the kernel until it equals ``expected`` (JSON-wise)."""
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            value = self.kernel_json(expression)
+            if value == expected:
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"{expression} is {value!r}, expected {expected!r}")
+
+    def save(self) -> None:
+        """Save the notebook to disk."""
+        self.command("docmanager:save")
+        self.page.wait_for_function(
+            "() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=20_000
+        )
+
+    def reload(self) -> None:
+        """Reload the page and wait until the notebook and its (same) kernel are ready."""
+        self.page.reload()
+        self.wait_ready()
+
+    # -- the player --------------------------------------------------------------------------
+
+    def players(self) -> Any:
+        """A locator for every player view in the page."""
+        return self.page.locator(".fishnb-player")
+
+    def stats(self, index: int = 0) -> dict[str, Any]:
+        """The ``data-stats`` a player view publishes (empty until its first update)."""
+        text = self.players().nth(index).get_attribute("data-stats", timeout=DEFAULT_WAIT_MS)
+        return json.loads(text) if text else {}
+
+    def wait_stats(
+        self, predicate: str, index: int = 0, timeout_ms: int = DEFAULT_WAIT_MS
+    ) -> dict[str, Any]:
+        """Wait until ``predicate`` (a JS function of the stats object) is true; return the stats.
+
+        On timeout the failure shows the last stats and any cell errors.
+        """
+        try:
+            self.page.wait_for_function(
+                """([index, source]) => {
+                    const el = document.querySelectorAll(".fishnb-player")[index];
+                    if (!el || !el.dataset.stats) return false;
+                    return !!(0, eval)(source)(JSON.parse(el.dataset.stats));
+                }""",
+                arg=[index, predicate],
+                timeout=timeout_ms,
+            )
+        except Exception as exc:
+            last = {}
+            with contextlib.suppress(Exception):
+                last = self.stats(index)
+            raise AssertionError(
+                f"player {index}: {predicate} not true within {timeout_ms} ms: {exc}\n"
+                f"stats: {json.dumps(last)[:2000]}\ncell errors: {self.cell_errors()}\n"
+                f"console: {self.console[-10:]}"
+            ) from exc
+        return self.stats(index)
+
+    def click(self, action: str, index: int = 0) -> None:
+        """Click a player button (play, replay, flush, stop, download)."""
+        self.players().nth(index).locator(f'button[data-action="{action}"]').click(timeout=10_000)
+
+    def screenshot(self, name: str, index: int | None = None) -> Path:
+        """Save a screenshot (of one player, or of the page) to test-artifacts/."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        target = self.page if index is None else self.players().nth(index)
+        target.screenshot(path=str(path), timeout=10_000)
+        return path
+
+
+@pytest.fixture
+def notebook(lab: Lab, browser: Any) -> Iterator[NotebookPage]:
+    """A fresh browser context and page on the Lab server; kernels are shut down after."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(DEFAULT_WAIT_MS)
+    wrapper = NotebookPage(lab, page)
+    page.on("console", lambda msg: wrapper.console.append(f"{msg.type}: {msg.text}"))
+    try:
+        yield wrapper
+    finally:
+        with contextlib.suppress(Exception):
+            context.close()
+        lab.shutdown_kernels()

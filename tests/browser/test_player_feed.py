@@ -1,0 +1,181 @@
+"""The player in a real page, fed synthetic PCM from a thread in the kernel.
+
+These tests pin down the browser half on its own: scheduling at a chosen arrival rate,
+underruns, a cell that blocks while audio flows, a late view, Flush/Stop clicks reaching the
+kernel, a page reload, replay and download. test_player_session.py does the same end to end
+with real sessions and the embedded TTS server.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from .conftest import ARTIFACTS, NotebookPage
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+RATE = 24000
+CHUNK_S = 0.1
+
+# A feeder that calls the player's listener methods from a background thread at a chosen
+# multiple of real time: chunk i arrives i * CHUNK_S / speed seconds after the first.
+FEEDER = textwrap.dedent(
+    f"""
+    import math, struct, threading, time
+    from fish_notebook.widget import Player, display_player
+
+    RATE, CHUNK_S = {RATE}, {CHUNK_S}
+
+    def chirp(n):
+        out, phase, per = [], 0.0, int(RATE * CHUNK_S)
+        for i in range(n):
+            samples = []
+            for k in range(per):
+                t = (i * per + k) / RATE
+                phase += 2 * math.pi * (220 + 180 * math.sin(t * 1.7)) / RATE
+                samples.append(int(9000 * math.sin(phase) * (0.6 + 0.4 * math.sin(t * 5))))
+            out.append(struct.pack(f"<{{per}}h", *samples))
+        return out
+
+    class Clicks:
+        def __init__(self):
+            self.seen, self.stopped = [], threading.Event()
+        def flush(self):
+            self.seen.append("flush")
+        def stop(self):
+            self.seen.append("stop")
+            self.stopped.set()
+
+    def feed(player, speed, n, words="one two three four five six seven eight", stopped=None):
+        chunks = chirp(n)
+        player.on_state("streaming", None)
+        for word in words.split():
+            player.on_text(word + " ")
+        player.on_flush()
+        t0 = time.monotonic()
+        for i, pcm in enumerate(chunks):
+            time.sleep(max(0.0, t0 + i * CHUNK_S / speed - time.monotonic()))
+            if stopped is not None and stopped.is_set():
+                player.on_state("stopped", None)
+                return
+            player.on_audio(pcm, i)
+            player.on_metrics({{"chunks": i + 1, "ttfa_s": 0.1, "rtf": 1 / speed}})
+        player.on_state("finished", None)
+
+    def start_feed(player, speed, n, **kwargs):
+        thread = threading.Thread(target=feed, args=(player, speed, n), kwargs=kwargs, daemon=True)
+        thread.start()
+        return thread
+    """
+)
+
+
+def test_gapless_scheduling_at_2x_1x_and_half_speed_through_a_blocking_cell(
+    notebook: NotebookPage,
+) -> None:
+    """Every chunk is scheduled in order back to back; underruns only when arrival is slow."""
+    notebook.open(
+        "feed_rates.ipynb",
+        [
+            FEEDER,
+            "p2 = display_player(sample_rate=RATE)\nt2 = start_feed(p2, 2.0, 30)",
+            "sleep_from = time.time()\ntime.sleep(3)\nsleep_to = time.time()",
+            "t2.join(10)\np1 = display_player(sample_rate=RATE)\nstart_feed(p1, 1.0, 20).join(10)",
+            "p05 = display_player(sample_rate=RATE)\nstart_feed(p05, 0.5, 10).join(10)",
+        ],
+    )
+    notebook.run_all()
+    done = "s => s.scheduled_seqs.length === {n} && !s.playing"
+    fast = notebook.wait_stats(done.format(n=30), index=0, timeout_ms=40_000)
+    real = notebook.wait_stats(done.format(n=20), index=1, timeout_ms=40_000)
+    slow = notebook.wait_stats(done.format(n=10), index=2, timeout_ms=40_000)
+    notebook.wait_cells_done()
+    assert notebook.cell_errors() == []
+
+    for stats, n in ((fast, 30), (real, 20), (slow, 10)):
+        assert stats["seqs_received"] == list(range(n))
+        assert stats["scheduled_seqs"] == list(range(n))
+        assert all(gap >= 0 for gap in stats["gaps"]), "scheduled buffers must never overlap"
+        # A gap only ever comes with a counted underrun.
+        assert sum(1 for gap in stats["gaps"] if gap > 0) == stats["underruns"]
+        assert stats["audio_s"] == pytest.approx(n * 0.1)
+    # Faster than real time: back to back, no underrun.
+    assert fast["underruns"] == 0 and set(fast["gaps"]) == {0}
+    # Slower than real time: the player waits and counts instead of overlapping or clicking.
+    assert slow["underruns"] > 0
+    # The audio clock really ran, without any click: it passed the end of the audio.
+    assert fast["ctx_sample_rate"] > 0
+    assert fast["ctx_time"] >= fast["starts"][-1] + 0.1
+    assert fast["position_s"] == pytest.approx(fast["audio_s"], abs=0.01)
+
+    # Chunks reached the page while the next cell blocked in time.sleep.
+    window = notebook.kernel_json("[sleep_from * 1000, sleep_to * 1000]")
+    during = [t for t in fast["arrivals_ms"] if window[0] <= t <= window[1]]
+    assert len(during) > 0
+    # Python sees the same stats through the trait.
+    notebook.wait_kernel("p2.stats['scheduled_seqs']", list(range(30)))
+
+    figures = {
+        "first_chunk_arrival_to_start_ms": {
+            "2x": fast["latencies_ms"][0],
+            "1x": real["latencies_ms"][0],
+            "0.5x": slow["latencies_ms"][0],
+        },
+        "underruns": {"2x": fast["underruns"], "1x": real["underruns"], "0.5x": slow["underruns"]},
+        "chunks_arrived_during_sleep": len(during),
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "player-feed-figures.json").write_text(json.dumps(figures, indent=2))
+    print("player figures:", json.dumps(figures))
+
+
+def test_late_view_clicks_reload_replay_and_download(notebook: NotebookPage) -> None:
+    """A second view gets the audio; clicks reach Python; a reloaded page replays it all."""
+    notebook.open(
+        "feed_views.ipynb",
+        [
+            FEEDER,
+            "clicks = Clicks()\np = display_player(sample_rate=RATE, controls=clicks)\n"
+            "t = start_feed(p, 1.0, 60, stopped=clicks.stopped)",
+            "display(p)",
+        ],
+    )
+    notebook.run_all()
+    notebook.wait_stats("s => s.chunks_received >= 5", index=1)
+    notebook.click("flush", index=1)
+    notebook.click("stop", index=0)
+    notebook.wait_cells_done()
+    assert notebook.kernel_json("t.join(10) or clicks.seen") == ["flush", "stop"]
+    received = notebook.kernel_json("p.chunk_count")
+    assert 5 <= received < 60
+    stats = notebook.wait_stats(f"s => s.chunks_received === {received} && !s.playing", index=1)
+    assert stats["seqs_received"] == list(range(received))
+    assert notebook.kernel_json("p.status") == "stopped"
+    # The static fallback is in the page (hidden while the live player runs).
+    fallback = notebook.page.locator(".fishnb-fallback audio")
+    assert fallback.count() == 1
+    assert fallback.is_hidden()
+
+    notebook.save()
+    saved = (notebook.lab.root / "feed_views.ipynb").read_text()
+    assert "data:audio/wav;base64," in saved
+
+    notebook.reload()
+    # A reloaded page asks the kernel for the recording; a finished session does not autoplay.
+    after = notebook.wait_stats(f"s => s.replays >= 1 && s.chunks_received === {received}")
+    assert after["seqs_received"] == list(range(received))
+    assert after["scheduled_seqs"] == []
+    notebook.click("replay")
+    replayed = notebook.wait_stats(f"s => s.scheduled_seqs.length === {received}")
+    assert replayed["scheduled_seqs"] == list(range(received))
+    assert set(replayed["gaps"]) == {0}
+
+    with notebook.page.expect_download(timeout=10_000) as download_info:
+        notebook.click("download")
+    path = download_info.value.path()
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    assert len(data) == 44 + received * int(RATE * 0.1) * 2
