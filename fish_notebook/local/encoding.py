@@ -19,6 +19,7 @@ both ends, so nothing is held back between chunks and no seam is audible.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ..audio import Mp3Encoder, wav_stream_header
@@ -60,9 +61,11 @@ class StreamEncoder:
 
     def encode(self, pcm: bytes, rate: int) -> bytes:
         """Encode 16-bit mono PCM at ``rate``; return the stream bytes ready now."""
-        if not pcm:
+        return self._encode_resampled(self._resample(pcm, rate)) if pcm else b""
+
+    def _encode_resampled(self, samples: bytes) -> bytes:
+        if not samples:
             return b""
-        samples = self._resample(pcm, rate)
         if self.format == "pcm":
             return samples
         if self.format == "wav":
@@ -73,6 +76,19 @@ class StreamEncoder:
         if self._mp3 is None:
             self._mp3 = Mp3Encoder(self.sample_rate, bitrate=self.mp3_bitrate)
         return self._mp3.encode(samples)
+
+    def encode_slices(self, pcm: bytes, rate: int, seconds: float = 0.5) -> Iterator[bytes]:
+        """:meth:`encode` in slices of ``seconds`` of audio, so the first bytes come sooner.
+
+        Resampling is done on the whole chunk first (slicing before it would leave seams);
+        only the encoding is sliced. Joined, the slices equal what :meth:`encode` returns.
+        """
+        samples = self._resample(pcm, rate)
+        step = max(2, int(seconds * self.sample_rate) * 2)
+        for start in range(0, len(samples), step):
+            data = self._encode_resampled(samples[start : start + step])
+            if data:
+                yield data
 
     def drain(self) -> bytes:
         """Nothing more to encode for now: return what the encoder still holds."""

@@ -173,16 +173,20 @@ def _spans(alignments: Any) -> tuple[PhonemeSpan, ...] | None:
 
 # --- process-wide cache of loaded voices -----------------------------------------------------
 
-_loaded: dict[tuple[Path, bool], Voice] = {}
+_loaded: dict[tuple[str, Path, bool], Voice] = {}
 _loading_lock = threading.Lock()
 
 
 def _load(name: str, model: Path, config: Path, *, alignment: bool) -> Voice:
-    key = (model.resolve(), alignment)
+    key = (name, model.resolve(), alignment)
     with _loading_lock:  # one load per file even when two sessions ask at once
         voice = _loaded.get(key)
         if voice is None:
-            voice = _build_voice(name, model, config, alignment=alignment)
+            shared = next((v for k, v in _loaded.items() if k[1:] == key[1:]), None)
+            if shared is not None:  # the same model file under another name: share it
+                voice = Voice(name, shared._piper, has_alignment=shared.has_alignment)
+            else:
+                voice = _build_voice(name, model, config, alignment=alignment)
             _loaded[key] = voice
         return voice
 

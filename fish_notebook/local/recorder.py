@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,16 +44,27 @@ class SentEvent:
 
 @dataclass
 class SessionRecord:
-    """One WebSocket session as the server saw it. Read it; the server appends to it."""
+    """One WebSocket session as the server saw it. Read it; the server appends to it.
+
+    ``headers`` are the handshake's request headers (``Authorization`` left out);
+    ``model`` is the model the ``model`` header resolved to. ``spoken`` lists the pieces of
+    text handed to the voice, in order (see the chunker).
+    """
 
     id: int
-    model_header: str | None
+    headers: Mapping[str, str]
     model: str
     opened: float
     voice: str | None = None
     received: list[ReceivedFrame] = field(default_factory=list)
     sent: list[SentEvent] = field(default_factory=list)
+    spoken: list[str] = field(default_factory=list)
     closed: float | None = None
+
+    @property
+    def model_header(self) -> str | None:
+        """The ``model`` header as the client sent it (None when missing)."""
+        return self.headers.get("model")
 
     @property
     def audio(self) -> bytes:
@@ -97,39 +109,51 @@ class Recorder:
         with self._changed:
             self._sessions.clear()
 
-    def wait_closed(self, count: int = 1, timeout: float = 10.0) -> list[SessionRecord]:
-        """Block until ``count`` sessions are closed; return the closed ones.
+    def wait_for(
+        self, match: Callable[[SessionRecord], bool] | None = None, timeout: float = 10.0
+    ) -> SessionRecord:
+        """Block until a closed session matches ``match`` (any, when None); return it.
 
         Raises TimeoutError after ``timeout`` seconds. Do not call this on the event loop
-        that runs the server: use :meth:`await_closed` there.
+        that runs the server: use :meth:`await_for` there.
         """
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                closed = [s for s in self._sessions if s.closed is not None]
-                if len(closed) >= count:
-                    return closed
+                found = self._closed_match(match)
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"{len(closed)} of {count} sessions closed in {timeout}s")
+                    raise TimeoutError(f"no matching session closed within {timeout}s")
                 self._changed.wait(left)
 
-    async def await_closed(self, count: int = 1, timeout: float = 10.0) -> list[SessionRecord]:
-        """:meth:`wait_closed` for code running on the server's own event loop."""
+    async def await_for(
+        self, match: Callable[[SessionRecord], bool] | None = None, timeout: float = 10.0
+    ) -> SessionRecord:
+        """:meth:`wait_for` for code running on an event loop (polls, never blocks it)."""
         deadline = time.monotonic() + timeout
         while True:
-            closed = [s for s in self.sessions if s.closed is not None]
-            if len(closed) >= count:
-                return closed
+            with self._changed:
+                found = self._closed_match(match)
+            if found is not None:
+                return found
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(closed)} of {count} sessions closed in {timeout}s")
+                raise TimeoutError(f"no matching session closed within {timeout}s")
             await asyncio.sleep(0.01)
+
+    def _closed_match(self, match: Callable[[SessionRecord], bool] | None) -> SessionRecord | None:
+        for record in self._sessions:
+            if record.closed is not None and (match is None or match(record)):
+                return record
+        return None
 
     # --- called by the server ------------------------------------------------------------
 
-    def open(self, model_header: str | None, model: str) -> SessionRecord:
+    def open(self, headers: Mapping[str, str], model: str) -> SessionRecord:
+        kept = {k.lower(): v for k, v in headers.items() if k.lower() != "authorization"}
         with self._changed:
-            record = SessionRecord(len(self._sessions), model_header, model, time.monotonic())
+            record = SessionRecord(len(self._sessions), kept, model, time.monotonic())
             self._sessions.append(record)
             self._changed.notify_all()
             return record
@@ -142,6 +166,10 @@ class Recorder:
     def sent(self, record: SessionRecord, event: ServerEvent) -> None:
         with self._changed:
             record.sent.append(SentEvent(time.monotonic(), event))
+
+    def spoke(self, record: SessionRecord, text: str) -> None:
+        with self._changed:
+            record.spoken.append(text)
 
     def close(self, record: SessionRecord) -> None:
         with self._changed:

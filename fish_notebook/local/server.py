@@ -306,11 +306,13 @@ class _Session:
         self.connection = connection
         self.pool = pool
         self.loop = asyncio.get_running_loop()
-        model_header = connection.request.headers.get("model") if connection.request else None
-        self.model = resolve_model(model_header)
+        request = connection.request
+        headers = dict(request.headers.raw_items()) if request is not None else {}
+        lowered = {name.lower(): value for name, value in headers.items()}
+        self.model = resolve_model(lowered.get("model"))
         recorder = server.recorder
         self.record: SessionRecord | None = (
-            recorder.open(model_header, self.model) if recorder is not None else None
+            recorder.open(lowered, self.model) if recorder is not None else None
         )
         self.request = TTSRequest()
         self.voice: Voice | None = None
@@ -471,6 +473,8 @@ class _Session:
         """Synthesize one piece in the pool; send each sentence's audio as it comes."""
         voice, encoder, request = self.voice, self.encoder, self.request
         assert voice is not None and encoder is not None
+        if self.server.recorder is not None and self.record is not None:
+            self.server.recorder.spoke(self.record, text)
         prosody = request.prosody
         speed = prosody.speed if prosody else 1.0
         volume = prosody.volume if prosody else 0.0
@@ -493,7 +497,8 @@ class _Session:
                     normalize_loudness=normalize,
                     cancelled=self._is_cancelled,
                 ):
-                    hand_over(encoder.encode(chunk.pcm, chunk.sample_rate))
+                    for data in encoder.encode_slices(chunk.pcm, chunk.sample_rate):
+                        hand_over(data)
             except Exception as exc:
                 hand_over(exc)
             finally:

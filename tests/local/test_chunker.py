@@ -14,6 +14,7 @@ from fish_notebook.local.chunker import TextChunker
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 _CJK_PUNCT = "。！？，、；：「」"
+_CLOSERS = "\"'”’)]}»」』）》】"
 
 
 def run(chunker: TextChunker, parts: list[str]) -> tuple[list[str], list[str]]:
@@ -36,7 +37,9 @@ def splits_a_word(text: str, cut: int) -> bool:
     before, after = text[cut - 1], text[cut]
     if before.isspace() or after.isspace():
         return False
-    return not (before in _CJK_PUNCT or (_CJK.match(before) and _CJK.match(after)))
+    if text[:cut].rstrip(_CLOSERS)[-1:] in tuple(_CJK_PUNCT):
+        return False  # after CJK punctuation (and any closing quotes)
+    return not (_CJK.match(before) and _CJK.match(after))
 
 
 # --- sentences ------------------------------------------------------------------------------

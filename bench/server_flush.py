@@ -1,0 +1,79 @@
+"""Flush latency of the embedded server against raw Piper, measured in the same run.
+
+Raw Piper: time to synthesize "The quick brown fox jumps over the lazy dog." in-process
+(one call, the voice already loaded and warm). WebSocket path: a session is open with
+``start`` and the sentence sent as ``text``; the clock runs from sending ``flush`` to the
+first ``audio`` event received. The server runs in this process on its own thread and loop,
+as a client would see it over loopback. Prints the medians and the ratio (goal: <= 1.5).
+
+Usage: python bench/server_flush.py [--repeats N] [--format pcm|wav|mp3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import msgpack
+from websockets.asyncio.client import connect
+
+from fish_notebook.local import LocalServer
+from fish_notebook.local.engine import VoiceLibrary
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+def raw_piper_seconds() -> float:
+    voice = VoiceLibrary().default()
+    began = time.perf_counter()
+    for _chunk in voice.synthesize(SENTENCE):
+        break  # one sentence: the first chunk is the whole of it
+    return time.perf_counter() - began
+
+
+async def flush_to_first_audio_seconds(url: str, audio_format: str) -> float:
+    async with connect(url + "/v1/tts/live") as ws:
+        request = {"format": audio_format, "latency": "balanced"}
+        await ws.send(msgpack.packb({"event": "start", "request": request}))
+        await ws.send(msgpack.packb({"event": "text", "text": SENTENCE}))
+        await asyncio.sleep(0.05)  # the text is buffered, nothing to speak yet
+        began = time.perf_counter()
+        await ws.send(msgpack.packb({"event": "flush"}))
+        while True:
+            event = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+            if event["event"] == "audio":
+                elapsed = time.perf_counter() - began
+                break
+        await ws.send(msgpack.packb({"event": "stop"}))
+        async for _ in ws:  # drain to finish and close
+            pass
+    return elapsed
+
+
+async def measure(url: str, repeats: int, audio_format: str) -> tuple[list[float], list[float]]:
+    raw, wire = [], []
+    raw_piper_seconds()
+    await flush_to_first_audio_seconds(url, audio_format)  # warm both paths
+    for _ in range(repeats):  # interleaved, so load from elsewhere hits both alike
+        raw.append(raw_piper_seconds())
+        wire.append(await flush_to_first_audio_seconds(url, audio_format))
+    return raw, wire
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--format", default="pcm", choices=["pcm", "wav", "mp3"])
+    args = parser.parse_args()
+    with LocalServer().run_in_thread() as server:
+        raw, wire = asyncio.run(measure(server.url, args.repeats, args.format))
+    raw_ms, wire_ms = statistics.median(raw) * 1000, statistics.median(wire) * 1000
+    print(f"raw piper, one sentence        median {raw_ms:7.1f} ms  (n={len(raw)})")
+    print(f"flush -> first audio ({args.format:>4})   median {wire_ms:7.1f} ms  (n={len(wire)})")
+    print(f"ratio websocket/raw: {wire_ms / raw_ms:.2f}  (goal <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

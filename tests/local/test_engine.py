@@ -1,0 +1,99 @@
+"""Piper voices: loading once, synthesis per sentence, prosody, alignments, the voice folder."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from local_wire import SENTENCE, rms
+
+from fish_notebook.errors import ValidationError
+from fish_notebook.local.engine import DEFAULT_VOICE, SpeechChunk, VoiceLibrary, default_voice_files
+
+
+def test_default_voice_loads_once_per_process() -> None:
+    """Two libraries share one loaded default voice."""
+    assert VoiceLibrary().default() is VoiceLibrary().default()
+
+
+def test_one_chunk_per_sentence_at_the_native_rate() -> None:
+    """Two sentences give two chunks of 16-bit PCM at 22050 Hz."""
+    chunks = list(VoiceLibrary().default().synthesize("First sentence here. And a second one."))
+    assert len(chunks) == 2
+    assert all(isinstance(c, SpeechChunk) and c.sample_rate == 22050 for c in chunks)
+    assert all(len(c.pcm) % 2 == 0 and c.duration > 0.5 for c in chunks)
+    assert chunks[0].phonemes
+
+
+def test_speed_and_volume() -> None:
+    """speed scales the duration; volume_db scales the loudness."""
+    voice = VoiceLibrary().default()
+
+    def speak(**options: float) -> bytes:
+        return b"".join(c.pcm for c in voice.synthesize(SENTENCE, **options))  # type: ignore[arg-type]
+
+    normal, fast = speak(), speak(speed=2.0)
+    assert len(fast) < len(normal) * 0.7
+    assert rms(speak(volume_db=-20)) < rms(normal) / 5
+
+
+def test_out_of_range_prosody_is_refused() -> None:
+    """speed and volume outside the protocol's ranges raise ValidationError."""
+    voice = VoiceLibrary().default()
+    with pytest.raises(ValidationError):
+        next(voice.synthesize("Hi.", speed=3.0))
+    with pytest.raises(ValidationError):
+        next(voice.synthesize("Hi.", volume_db=30))
+
+
+def test_cancelled_stops_between_sentences() -> None:
+    """A cancelled callback that says yes stops after the current sentence."""
+    chunks = list(VoiceLibrary().default().synthesize("One. Two. Three.", cancelled=lambda: True))
+    assert len(chunks) == 1
+
+
+def test_concurrent_synthesis_from_threads() -> None:
+    """Several threads synthesizing with one voice all get their audio."""
+    voice = VoiceLibrary().default()
+    results: list[int] = []
+
+    def work() -> None:
+        results.append(sum(len(c.pcm) for c in voice.synthesize(SENTENCE)))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 3 and min(results) > 22050 * 2
+
+
+def test_alignment_gives_phoneme_durations() -> None:
+    """With alignment=True each chunk carries per-phoneme sample counts covering its audio."""
+    voice = VoiceLibrary(alignment=True).default()
+    assert voice.has_alignment
+    (chunk,) = voice.synthesize("Hello world.")
+    assert chunk.alignment is not None
+    total = sum(span.samples for span in chunk.alignment)
+    assert abs(total - len(chunk.pcm) // 2) <= 256 * 2  # within a hop or two
+
+
+def test_voice_folder_lists_valid_voices(tmp_path: Path) -> None:
+    """A folder voice with its config is listed; one without is skipped; unknown names are None."""
+    model, config = default_voice_files()
+    (tmp_path / "alt.onnx").symlink_to(model)
+    (tmp_path / "alt.onnx.json").write_bytes(config.read_bytes())
+    (tmp_path / "lonely.onnx").write_bytes(b"")
+    library = VoiceLibrary(tmp_path)
+    assert library.names() == [DEFAULT_VOICE, "alt"]
+    assert [v.default for v in library.voices()] == [True, False]
+    assert library.find("lonely") is None and library.find("nope") is None
+    alt = library.find("alt")
+    assert alt is not None and alt.name == "alt"
+
+
+def test_missing_voice_folder_is_an_error(tmp_path: Path) -> None:
+    """A voices_dir that does not exist is a ValidationError naming it."""
+    with pytest.raises(ValidationError, match="voices_dir"):
+        VoiceLibrary(tmp_path / "missing")
