@@ -169,6 +169,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tts_server: Any) -> Iterator[L
         "--ServerApp.password=",
         "--ServerApp.allow_root=True",  # Jupyter refuses to run as root without it
         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to drive the page
+        "--JupyterNotebookApp.expose_app_in_browser=True",  # the same in Notebook 7
         f"--ServerApp.root_dir={root}",
     ]
     with log.open("wb") as log_file:
@@ -228,11 +229,18 @@ class NotebookPage:
 
     # -- opening and running -----------------------------------------------------------------
 
-    def open(self, name: str, cells: list[str]) -> NotebookPage:
-        """Write the notebook ``name`` with ``cells``, open it and wait for its kernel."""
+    def open(self, name: str, cells: list[str], *, ui: str = "lab") -> NotebookPage:
+        """Write the notebook ``name`` with ``cells``, open it and wait for its kernel.
+
+        ``ui`` is ``"lab"`` (JupyterLab) or ``"notebook"`` (Notebook 7, same server).
+        """
         self.lab.write_notebook(name, cells)
         self.name = name
-        self.page.goto(f"{self.lab.url}/lab/tree/{name}?reset&token={self.lab.token}")
+        token = self.lab.token
+        if ui == "notebook":
+            self.page.goto(f"{self.lab.url}/notebooks/{name}?token={token}")
+        else:
+            self.page.goto(f"{self.lab.url}/lab/tree/{name}?reset&token={token}")
         self.wait_ready()
         return self
 

@@ -179,3 +179,17 @@ def test_late_view_clicks_reload_replay_and_download(notebook: NotebookPage) -> 
     data = path.read_bytes()
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
     assert len(data) == 44 + received * int(RATE * 0.1) * 2
+
+
+def test_notebook7_plays_the_same_way(notebook: NotebookPage) -> None:
+    """In Notebook 7 (no Lab-only API) the player schedules every chunk back to back."""
+    notebook.open(
+        "feed_nb7.ipynb",
+        [FEEDER, "p = display_player(sample_rate=RATE)\nstart_feed(p, 2.0, 10).join(10)"],
+        ui="notebook",
+    )
+    notebook.run_all()
+    stats = notebook.wait_stats("s => s.scheduled_seqs.length === 10 && !s.playing")
+    assert stats["scheduled_seqs"] == list(range(10))
+    assert set(stats["gaps"]) == {0} and stats["underruns"] == 0
+    assert stats["ctx_time"] >= stats["starts"][-1] + 0.1

@@ -62,9 +62,7 @@ def test_three_sentences_play_through_a_blocking_cell_reload_and_fallback(
     )
     notebook.run_all()
     notebook.wait_stats("s => s.playing && s.position_s > 2", timeout_ms=60_000)
-    shot = notebook.screenshot("player.png", index=0)
-    if os.environ.get("FISH_NOTEBOOK_UPDATE_DOCS"):
-        shutil.copyfile(shot, REPO / "docs" / "player.png")
+    notebook.screenshot("player-page.png")
 
     stats = notebook.wait_stats(DONE, timeout_ms=60_000)
     notebook.wait_cells_done()
@@ -132,19 +130,26 @@ from fish_notebook.session import Session
 from fish_notebook.widget import display_player
 
 gate = threading.Event()
+OPENING = "Streaming speech straight from a language model, token by token"
+SENTENCES = (
+    "Each sentence is spoken as soon as it is complete. "
+    "The player schedules every chunk back to back, so playback never clicks. "
+    "Press Flush to speak whatever is buffered right now. "
+)
 
-def words():
-    # No sentence end: the server keeps this buffered until a flush.
-    for word in "this text has no sentence end so the server keeps it all buffered".split():
+def tokens():
+    # No sentence end yet: the server keeps this buffered until a flush.
+    for word in OPENING.split():
         yield word + " "
     gate.wait(60)
-    for i in range(300):
-        yield "and on it goes. " if i % 6 == 5 else "and on "
-        time.sleep(0.05)
+    for word in (SENTENCES * 4).split():
+        yield word + " "
+        time.sleep(0.06)
 
-s = Session(words())
+s = Session(tokens())
 p = display_player(s)
 """
+OPENING_WORDS = 10
 
 
 def test_flush_and_stop_reach_the_server(notebook: NotebookPage, tts_server: Any) -> None:
@@ -154,7 +159,9 @@ def test_flush_and_stop_reach_the_server(notebook: NotebookPage, tts_server: Any
     notebook.open("session_controls.ipynb", [SLOW_SOURCE])
     notebook.run_all()
     record = wait_for(lambda: recorder.sessions, "the session to reach the server")[0]
-    wait_for(lambda: len(record.received_named("text")) >= 13, "the first words", timeout=30)
+    wait_for(
+        lambda: len(record.received_named("text")) >= OPENING_WORDS, "the first words", timeout=30
+    )
     assert record.sent_named("audio") == []  # buffered: no sentence end yet
 
     notebook.wait_stats("s => s.status === 'streaming'")
@@ -168,7 +175,11 @@ def test_flush_and_stop_reach_the_server(notebook: NotebookPage, tts_server: Any
     assert notebook.page.locator(".fishnb-player .fishnb-flush").count() >= 1
 
     notebook.kernel("gate.set()")
-    wait_for(lambda: len(record.received_named("text")) >= 30, "more text after the gate")
+    wait_for(lambda: len(record.received_named("text")) >= 40, "more text after the gate")
+    notebook.wait_stats("s => s.status === 'streaming' && s.chunks_received >= 3 && s.playing")
+    shot = notebook.screenshot("player.png", index=0)
+    if os.environ.get("FISH_NOTEBOOK_UPDATE_DOCS"):  # refresh the README's picture
+        shutil.copyfile(shot, REPO / "docs" / "player.png")
     notebook.click("stop")
     wait_for(lambda: record.closed is not None, "the socket to close")
     state = notebook.kernel_json("[s.wait(10) and s.state, len(s.audio) > 0, p.status]")

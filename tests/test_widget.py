@@ -1,0 +1,273 @@
+"""The player's Python half: what it sends, what it keeps, how it answers the browser.
+
+The comm is a real ``comm.BaseComm`` that records what would go to the frontend; the browser
+half is tested in tests/browser/.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import struct
+import wave
+from typing import Any
+
+import comm
+import pytest
+from comm.base_comm import BaseComm
+from IPython.display import DisplayHandle
+
+from fish_notebook import FlushEvent, Session
+from fish_notebook.errors import SessionStateError
+from fish_notebook.widget import Player, display_player
+from tests.wire_server import threaded_wire_server
+
+
+class RecordingComm(BaseComm):
+    """A comm that keeps every message instead of sending it to a frontend."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.messages: list[tuple[str, Any, list[bytes]]] = []
+        super().__init__(**kwargs)
+
+    def publish_msg(
+        self,
+        msg_type: str,
+        data: Any = None,
+        metadata: Any = None,
+        buffers: Any = None,
+        **keys: Any,
+    ) -> None:
+        self.messages.append((msg_type, data, [bytes(b) for b in buffers or []]))
+
+    def custom(self) -> list[tuple[dict[str, Any], list[bytes]]]:
+        """The custom messages sent (``widget.send``), as (content, buffers)."""
+        return [
+            (data["content"], buffers)
+            for msg_type, data, buffers in self.messages
+            if msg_type == "comm_msg" and data.get("method") == "custom"
+        ]
+
+    def state_updates(self) -> list[dict[str, Any]]:
+        """Every trait update sent."""
+        return [
+            data["state"]
+            for msg_type, data, _ in self.messages
+            if msg_type == "comm_msg" and data.get("method") == "update"
+        ]
+
+
+@pytest.fixture(autouse=True)
+def recording_comm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widgets created in these tests talk to a RecordingComm."""
+    monkeypatch.setattr(comm, "create_comm", lambda **kwargs: RecordingComm(**kwargs))
+
+
+def comm_of(player: Player) -> RecordingComm:
+    assert isinstance(player.comm, RecordingComm)
+    return player.comm
+
+
+def pcm(n: int, value: int = 1000) -> bytes:
+    return struct.pack(f"<{n}h", *([value] * n))
+
+
+def click(player: Player, content: dict[str, Any]) -> None:
+    """Deliver a custom message as if the browser had sent it."""
+    player._handle_custom_msg(content, [])
+
+
+class FakeHandle(DisplayHandle):  # type: ignore[misc]
+    """A display handle that records updates instead of publishing them."""
+
+    def __init__(self) -> None:
+        super().__init__("fake-id")
+        self.updates: list[Any] = []
+
+    def update(self, obj: Any, **kwargs: Any) -> None:
+        self.updates.append(obj)
+
+
+class FakeDisplay:
+    """Stands in for IPython's display(); returns a FakeHandle when asked for a display_id."""
+
+    def __init__(self) -> None:
+        self.shown: list[Any] = []
+        self.handles: list[FakeHandle] = []
+
+    def __call__(self, obj: Any, display_id: bool = False) -> FakeHandle | None:
+        self.shown.append(obj)
+        if not display_id:
+            return None
+        handle = FakeHandle()
+        self.handles.append(handle)
+        return handle
+
+
+class Controls:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+        if self.fail:
+            raise SessionStateError("the session already ended")
+
+
+def test_each_chunk_goes_as_one_binary_message_and_never_into_a_trait() -> None:
+    """on_audio sends {kind: audio, seq, chars} with the PCM as a buffer; traits stay small."""
+    player = Player(sample_rate=24000)
+    player.on_text("Hello ")
+    player.on_audio(pcm(2400), 0)
+    player.on_text("world.")
+    player.on_audio(pcm(2400, -5), 1)
+    sent = comm_of(player).custom()
+    assert [content for content, _ in sent] == [
+        {"kind": "audio", "seq": 0, "chars": 6},
+        {"kind": "audio", "seq": 1, "chars": 12},
+    ]
+    assert [buffers for _, buffers in sent] == [[pcm(2400)], [pcm(2400, -5)]]
+    assert player.audio == pcm(2400) + pcm(2400, -5)
+    assert player.chunk_count == 2
+    updates = comm_of(player).state_updates()
+    assert all(len(json.dumps(update)) < 200 for update in updates)
+    assert not any(isinstance(v, bytes | memoryview) for u in updates for v in u.values())
+
+
+def test_replay_request_answers_with_the_inventory_then_the_missing_chunks() -> None:
+    """A view first learns how many chunks exist, then gets exactly the ones it asks for."""
+    player = Player(sample_rate=24000)
+    chunks = [pcm(100, i) for i in range(5)]
+    for i, chunk in enumerate(chunks):
+        player.on_audio(chunk, i)
+    recording = comm_of(player)
+    recording.messages.clear()
+
+    click(player, {"kind": "replay-request"})
+    click(player, {"kind": "replay-request"})
+    assert [content for content, _ in recording.custom()] == [
+        {"kind": "recording", "total": 5, "first": True},
+        {"kind": "recording", "total": 5, "first": False},
+    ]
+    recording.messages.clear()
+    click(player, {"kind": "replay-request", "seqs": [1, 3, 99, "x"]})
+    ((content, buffers),) = recording.custom()
+    assert content == {"kind": "replay", "seqs": [1, 3], "chars": [0, 0]}
+    assert buffers == [chunks[1], chunks[3]]
+
+
+def test_a_long_replay_is_split_into_bounded_messages() -> None:
+    """Resending a long recording never builds one huge message."""
+    player = Player()
+    big = pcm(300_000)  # 600 kB
+    for i in range(3):
+        player.on_audio(big, i)
+    comm_of(player).messages.clear()
+    click(player, {"kind": "replay-request", "seqs": [0, 1, 2]})
+    sent = comm_of(player).custom()
+    assert [content["seqs"] for content, _ in sent] == [[0], [1], [2]]
+    assert all(sum(map(len, buffers)) <= 1 << 20 for _, buffers in sent)
+
+
+def test_flush_and_stop_clicks_drive_the_controls() -> None:
+    """The buttons' messages call flush()/stop(); an error from a late click lands in `error`."""
+    controls = Controls(fail=True)
+    player = Player(controls=controls)
+    click(player, {"kind": "flush"})
+    click(player, {"kind": "stop"})
+    click(player, {"kind": "unknown"})
+    click(player, "not a dict")  # type: ignore[arg-type]
+    assert controls.calls == ["flush", "stop"]
+    assert player.error == "the session already ended"
+
+
+def test_listener_calls_fill_the_small_traits() -> None:
+    """Transcript keeps flush points as None; state, error and metrics are mirrored."""
+    player = Player()
+    player.on_text("One. ")
+    player.on_flush()
+    player.on_text("Two.")
+    player.on_state("streaming", None)
+    player.on_metrics({"ttfa_s": 0.2, "chunks": 0})
+    assert player.transcript == ["One. ", None, "Two."]
+    assert (player.status, player.error) == ("streaming", "")
+    player.on_state("failed", "WebSocketError: the server closed the stream")
+    assert (player.status, player.error) == (
+        "failed",
+        "WebSocketError: the server closed the stream",
+    )
+    assert player.metrics == {"ttfa_s": 0.2, "chunks": 0}
+
+
+def test_display_player_publishes_a_static_audio_fallback_once_at_the_end() -> None:
+    """The fallback output becomes an <audio> with the whole recording as a WAV data URI."""
+    shown = FakeDisplay()
+    player = display_player(sample_rate=16000, display_fn=shown)
+    assert shown.shown[0] is player
+    (handle,) = shown.handles
+    assert player.player_id in shown.shown[1].data
+    player.on_state("streaming", None)
+    player.on_audio(pcm(1600, 7), 0)
+    player.on_audio(pcm(800, 9), 1)
+    assert handle.updates == []
+    player.on_state("finished", None)
+    player.on_state("finished", None)
+    (update,) = handle.updates
+    html = update.data
+    assert f'data-fishnb-player="{player.player_id}"' in html
+    assert "<audio controls" in html
+    match = re.search(r'src="data:audio/wav;base64,([^"]+)"', html)
+    assert match is not None
+    with wave.open(io.BytesIO(base64.b64decode(match.group(1)))) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+        assert wav.readframes(wav.getnframes()) == pcm(1600, 7) + pcm(800, 9)
+
+
+def test_a_session_that_ends_without_audio_leaves_the_placeholder_alone() -> None:
+    """No audio, no <audio> element."""
+    shown = FakeDisplay()
+    player = display_player(display_fn=shown)
+    player.on_state("failed", "ConnectError: refused")
+    assert shown.handles[0].updates == []
+
+
+def test_the_player_follows_a_real_session_and_replays_what_it_missed() -> None:
+    """Attached mid-stream or after the end, the player holds the session's whole recording."""
+    with threaded_wire_server() as server:
+        session = Session(["Hello ", "there.", FlushEvent(), " Bye."], base_url=server.base_url)
+        live = Player(session)
+        session.wait(20)
+        late = Player(session)
+    for player in (live, late):
+        assert player.audio == session.audio
+        assert player.sample_rate == session.sample_rate
+        assert player.transcript == ["Hello ", "there.", None, " Bye."]
+        assert player.status == "finished"
+        seqs = [
+            content["seq"] for content, _ in comm_of(player).custom() if content["kind"] == "audio"
+        ]
+        assert seqs == list(range(len(session.chunks)))
+    with pytest.raises(SessionStateError):
+        live.attach(session)
+    live.close()
+    late.detach()
+    late.detach()
+
+
+def test_widget_state_never_holds_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing the player syncs to the page contains the key the session used."""
+    key = "sk-fishnb-secret-0123456789"
+    monkeypatch.setenv("FISH_API_KEY", key)
+    with threaded_wire_server() as server:
+        session = Session("Hello there.", base_url=server.base_url, api_key=key)
+        player = Player(session)
+        session.wait(20)
+    assert session.audio
+    everything = json.dumps(player.get_state(), default=str) + repr(comm_of(player).messages)
+    assert key not in everything
