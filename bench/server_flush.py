@@ -4,22 +4,28 @@ Raw Piper: time to synthesize "The quick brown fox jumps over the lazy dog." in-
 (one call, the voice already loaded and warm). WebSocket path: a session is open with
 ``start`` and the sentence sent as ``text``; the clock runs from sending ``flush`` to the
 first ``audio`` event received. The server runs in this process on its own thread and loop,
-as a client would see it over loopback. Prints the medians and the ratio (goal: <= 1.5).
+or with ``--child`` as the child process the client spawns (``python -m fish_notebook.local``).
+Prints the medians and the ratio (goal: <= 1.5).
 
-Usage: python bench/server_flush.py [--repeats N] [--format pcm|wav|mp3]
+Usage: python bench/server_flush.py [--repeats N] [--format pcm|wav|mp3] [--child]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import msgpack
 from websockets.asyncio.client import connect
 
 from fish_notebook.local import LocalServer
+from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.local.engine import VoiceLibrary
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -62,16 +68,44 @@ async def measure(url: str, repeats: int, audio_format: str) -> tuple[list[float
     return raw, wire
 
 
+@contextlib.contextmanager
+def child_server() -> Iterator[str]:
+    """The server as a child process, as the client starts it; yields its URL."""
+    command = [sys.executable, "-m", "fish_notebook.local", "--port", "0", "--exit-with-parent"]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        if not line.startswith(READY_PREFIX):
+            raise RuntimeError(f"the server did not start: {line!r}")
+        yield line[len(READY_PREFIX) :].strip()
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+@contextlib.contextmanager
+def thread_server() -> Iterator[str]:
+    with LocalServer().run_in_thread() as server:
+        yield server.url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--format", default="pcm", choices=["pcm", "wav", "mp3"])
+    parser.add_argument("--child", action="store_true", help="run the server as a child process")
     args = parser.parse_args()
-    with LocalServer().run_in_thread() as server:
-        raw, wire = asyncio.run(measure(server.url, args.repeats, args.format))
+    with child_server() if args.child else thread_server() as url:
+        raw, wire = asyncio.run(measure(url, args.repeats, args.format))
     raw_ms, wire_ms = statistics.median(raw) * 1000, statistics.median(wire) * 1000
     print(f"raw piper, one sentence        median {raw_ms:7.1f} ms  (n={len(raw)})")
-    print(f"flush -> first audio ({args.format:>4})   median {wire_ms:7.1f} ms  (n={len(wire)})")
+    where = "child" if args.child else "thread"
+    print(
+        f"flush -> first audio ({args.format}, {where})  median {wire_ms:7.1f} ms  (n={len(wire)})"
+    )
     print(f"ratio websocket/raw: {wire_ms / raw_ms:.2f}  (goal <= 1.5)")
 
 
