@@ -36,6 +36,7 @@ import contextvars
 import io
 import pathlib
 import threading
+import time
 import uuid
 import wave
 from collections.abc import Callable
@@ -53,6 +54,9 @@ _STATIC = pathlib.Path(__file__).parent / "static"
 
 #: Session states after which no more audio comes.
 TERMINAL_STATES = frozenset({"finished", "failed", "stopped"})
+
+#: Seconds between transcript updates sent to the browser while text streams in.
+TRANSCRIPT_INTERVAL = 0.1
 
 #: The recording is resent in messages of at most this many bytes of PCM.
 _REPLAY_BATCH_BYTES = 1 << 20
@@ -131,6 +135,8 @@ class Player(anywidget.AnyWidget):
         self._chunk_chars: list[int] = []
         self._text: list[str | None] = []
         self._chars = 0
+        self._transcript_sent_at = 0.0
+        self._transcript_timer: threading.Timer | None = None
         self._replays = 0
         self._session: _Session | None = None
         self._controls: Controls | None = controls
@@ -180,19 +186,39 @@ class Player(anywidget.AnyWidget):
     # -- SessionListener ---------------------------------------------------------------------
 
     def on_text(self, text: str) -> None:
-        """A piece of text was sent to the server."""
+        """A piece of text was sent to the server (shown within ``TRANSCRIPT_INTERVAL``)."""
         with self._lock:
             self._text.append(text)
             self._chars += len(text)
-            transcript = list(self._text)
-        self.transcript = transcript
+        self._publish_transcript()
 
     def on_flush(self) -> None:
         """A flush point was sent to the server."""
         with self._lock:
             self._text.append(None)
+        self._publish_transcript(now=True)
+
+    def _publish_transcript(self, *, now: bool = False) -> None:
+        """Copy the text to the ``transcript`` trait, at most every TRANSCRIPT_INTERVAL.
+
+        The trait is re-sent whole on each change, so an LLM streaming thousands of tokens
+        would otherwise cost quadratic traffic; a pending update is sent by a timer.
+        """
+        with self._lock:
+            wait = self._transcript_sent_at + TRANSCRIPT_INTERVAL - time.monotonic()
+            if not now and wait > 0:
+                if self._transcript_timer is None:
+                    self._transcript_timer = threading.Timer(wait, self._publish_transcript)
+                    self._transcript_timer.daemon = True
+                    self._transcript_timer.start()
+                return
+            if self._transcript_timer is not None:
+                self._transcript_timer.cancel()
+                self._transcript_timer = None
+            self._transcript_sent_at = time.monotonic()
             transcript = list(self._text)
-        self.transcript = transcript
+        if transcript != self.transcript:
+            self.transcript = transcript
 
     def on_audio(self, pcm: bytes, seq: int | None = None) -> None:
         """A chunk of 16-bit LE mono PCM arrived; it is sent to every view at once.
@@ -210,6 +236,7 @@ class Player(anywidget.AnyWidget):
 
     def on_state(self, state: str, error: str | None = None) -> None:
         """The session changed state; a terminal state publishes the static fallback."""
+        self._publish_transcript(now=True)
         self.error = error or ""
         self.status = state
         if state in TERMINAL_STATES and self._fallback is not None:

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import struct
+import time
 import wave
 from typing import Any
 
@@ -271,3 +272,17 @@ def test_widget_state_never_holds_the_api_key(monkeypatch: pytest.MonkeyPatch) -
     assert session.audio
     everything = json.dumps(player.get_state(), default=str) + repr(comm_of(player).messages)
     assert key not in everything
+
+
+def test_streamed_text_reaches_the_transcript_in_few_updates() -> None:
+    """A thousand tokens cost a handful of transcript updates, and none is lost."""
+    player = Player()
+    tokens = [f"t{i} " for i in range(1000)]
+    for token in tokens:
+        player.on_text(token)
+    deadline = time.monotonic() + 5
+    while player.transcript != tokens and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert player.transcript == tokens
+    updates = [u for u in comm_of(player).state_updates() if "transcript" in u]
+    assert len(updates) < 100

@@ -162,6 +162,8 @@ class Store {
     this.nextTime = 0;
     /** the kernel answered a replay-request: it is alive */
     this.live = false;
+    /** a view of this model was rendered at least once */
+    this.rendered = false;
     /** @type {HTMLStyleElement | null} hides the static <audio> fallback while live */
     this.hideFallback = null;
     this.stats = {
@@ -307,10 +309,12 @@ class Store {
 
   /**
    * Schedule every chunk that is available, in order.
-   * @param {boolean} onArrival whether this runs in the handler of the chunk that arrived
+   * @param {boolean} onArrival whether the chunks are scheduled as they become available
+   *   (their arrival-to-start latency is recorded), not replayed
    */
   pump(onArrival = false) {
-    if (!this.following) return;
+    // A model whose widget was never displayed stays silent (its views would be the controls).
+    if (!this.following || !this.rendered) return;
     while (this.nextSeq < this.contiguous) {
       this.schedule(this.chunks[this.nextSeq], 0, onArrival);
       this.nextSeq += 1;
@@ -511,6 +515,10 @@ class Store {
     this.views.add(view);
     if (this.orphanTimer) clearTimeout(this.orphanTimer);
     this.orphanTimer = null;
+    if (!this.rendered) {
+      this.rendered = true;
+      this.pump(true); // chunks that arrived before the first view: their wait counts
+    }
     this.changed();
   }
 
