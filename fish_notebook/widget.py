@@ -24,7 +24,7 @@ What goes where, and why:
 Nothing secret is ever put in a trait or an output: the session API exposes no key.
 
 :func:`display_player` shows a player and, when the session ends, a standard ``<audio>``
-element (WAV as a data URI) in a second output, so a saved notebook still plays where
+element (WAV, or MP3 on request, as a data URI) in a second output, so a saved notebook still plays where
 widgets do not run (nbviewer, nbconvert HTML). While the live player runs, it hides that
 element so the audio is not shown twice.
 """
@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import base64
 import contextvars
-import io
+import logging
 import pathlib
 import threading
 import time
 import uuid
-import wave
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -46,11 +45,18 @@ import anywidget
 import traitlets
 from IPython.display import HTML, DisplayHandle, display
 
-from .errors import FishNotebookError
+from .audio import encode_mp3, wav_bytes
+from .errors import FishNotebookError, MissingDependencyError, ValidationError
 
 __all__ = ["Controls", "Player", "display_player"]
 
+logger = logging.getLogger("fish_notebook.widget")
+
 _STATIC = pathlib.Path(__file__).parent / "static"
+
+#: What :func:`display_player` can embed for widget-less viewers.
+FALLBACK_FORMATS = ("wav", "mp3", None)
+FALLBACK_MP3_BITRATE = 64
 
 #: Session states after which no more audio comes.
 TERMINAL_STATES = frozenset({"finished", "failed", "stopped"})
@@ -181,7 +187,7 @@ class Player(anywidget.AnyWidget):
 
     def wav_bytes(self) -> bytes:
         """The recording so far as a WAV file."""
-        return _wav_bytes(self.audio, self.sample_rate)
+        return wav_bytes(self.audio, self.sample_rate)
 
     # -- SessionListener ---------------------------------------------------------------------
 
@@ -324,9 +330,10 @@ class _Fallback:
     addressed to that cell even though it comes from the session's thread.
     """
 
-    def __init__(self, handle: DisplayHandle, player_id: str) -> None:
+    def __init__(self, handle: DisplayHandle, player_id: str, audio_format: str = "wav") -> None:
         self._handle = handle
         self._player_id = player_id
+        self._format = audio_format
         self._context = contextvars.copy_context()
         self._published = False
         self._lock = threading.Lock()
@@ -340,31 +347,31 @@ class _Fallback:
         pcm = player.audio
         if not pcm:
             return
-        html = _fallback_html(self._player_id, _wav_bytes(pcm, player.sample_rate))
+        mime, data = "audio/wav", b""
+        if self._format == "mp3":
+            try:
+                mime, data = "audio/mpeg", encode_mp3(pcm, player.sample_rate, FALLBACK_MP3_BITRATE)
+            except MissingDependencyError:
+                logger.info("lameenc is not installed: the saved audio is WAV")
+        if not data:
+            data = wav_bytes(pcm, player.sample_rate)
+        html = _fallback_html(self._player_id, _audio_tag(mime, data))
         self._context.copy().run(self._handle.update, HTML(html))
 
 
-def _fallback_html(player_id: str, wav: bytes, *, body: str | None = None) -> str:
-    if body is None:
-        data = base64.b64encode(wav).decode("ascii")
-        body = f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+def _audio_tag(mime: str, data: bytes) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<audio controls preload="none" src="data:{mime};base64,{encoded}"></audio>'
+
+
+def _fallback_html(player_id: str, body: str) -> str:
     return f'<div class="fishnb-fallback" data-fishnb-player="{player_id}">{body}</div>'
-
-
-def _wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 def display_player(
     session: _Session | None = None,
     *,
-    fallback: bool = True,
+    fallback: str | None = "wav",
     display_fn: Callable[..., Any] = display,
     **kwargs: Any,
 ) -> Player:
@@ -372,17 +379,25 @@ def display_player(
 
     Args:
         session: The session to play; ``None`` gives a player you feed yourself.
-        fallback: Also show a standard ``<audio>`` element once the session ends, so a saved
-            notebook plays where widgets do not run. The live player hides it.
+        fallback: When the session ends, also put a standard ``<audio>`` element holding the
+            recording in the output, so a saved notebook plays where widgets do not run
+            (nbviewer, nbconvert HTML). ``"wav"`` (exact, about 88 kB per second at
+            44.1 kHz), ``"mp3"`` (about 11 kB per second; needs ``fish-notebook[local]``,
+            WAV otherwise) or ``None``. The live player hides it while it runs.
         display_fn: How to display (IPython's ``display`` by default).
         **kwargs: Passed to :class:`Player`.
+
+    Raises:
+        ValidationError: ``fallback`` is not one of the values above.
     """
+    if fallback not in FALLBACK_FORMATS:
+        raise ValidationError("fallback", fallback, "must be 'wav', 'mp3' or None")
     player = Player(**kwargs)
     display_fn(player)
-    if fallback:
-        handle = display_fn(HTML(_fallback_html(player.player_id, b"", body="")), display_id=True)
+    if fallback is not None:
+        handle = display_fn(HTML(_fallback_html(player.player_id, "")), display_id=True)
         if isinstance(handle, DisplayHandle):
-            player._set_fallback(_Fallback(handle, player.player_id))
+            player._set_fallback(_Fallback(handle, player.player_id, fallback))
     if session is not None:
         player.attach(session)
     return player

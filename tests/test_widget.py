@@ -21,7 +21,7 @@ from comm.base_comm import BaseComm
 from IPython.display import DisplayHandle
 
 from fish_notebook import FlushEvent, Session
-from fish_notebook.errors import SessionStateError
+from fish_notebook.errors import SessionStateError, ValidationError
 from fish_notebook.widget import Player, display_player
 from tests.wire_server import threaded_wire_server
 
@@ -286,3 +286,20 @@ def test_streamed_text_reaches_the_transcript_in_few_updates() -> None:
     assert player.transcript == tokens
     updates = [u for u in comm_of(player).state_updates() if "transcript" in u]
     assert len(updates) < 100
+
+
+def test_the_fallback_can_be_a_small_mp3_and_refuses_unknown_formats() -> None:
+    """fallback="mp3" embeds audio/mpeg; an unknown format is refused up front."""
+    pytest.importorskip("lameenc")
+    shown = FakeDisplay()
+    player = display_player(sample_rate=24000, fallback="mp3", display_fn=shown)
+    player.on_audio(pcm(24000, 3000), 0)
+    player.on_state("finished", None)
+    (update,) = shown.handles[0].updates
+    match = re.search(r'src="data:audio/mpeg;base64,([^"]+)"', update.data)
+    assert match is not None
+    mp3 = base64.b64decode(match.group(1))
+    assert mp3[:3] == b"ID3" or (mp3[0] == 0xFF and mp3[1] & 0xE0 == 0xE0)
+    assert len(mp3) < len(pcm(24000)) // 4
+    with pytest.raises(ValidationError):
+        display_player(fallback="ogg", display_fn=FakeDisplay())
