@@ -24,9 +24,9 @@ What goes where, and why:
 Nothing secret is ever put in a trait or an output: the session API exposes no key.
 
 :func:`display_player` shows a player and, when the session ends, a standard ``<audio>``
-element (WAV, or MP3 on request, as a data URI) in a second output, so a saved notebook still plays where
-widgets do not run (nbviewer, nbconvert HTML). While the live player runs, it hides that
-element so the audio is not shown twice.
+element (WAV, or MP3 on request, as a data URI) in a second output, so a saved notebook
+still plays where widgets do not run (nbviewer, nbconvert HTML). While the live player runs,
+it hides that element so the audio is not shown twice.
 """
 
 from __future__ import annotations
@@ -150,6 +150,22 @@ class Player(anywidget.AnyWidget):
         self.on_msg(self._handle_message)
         if session is not None:
             self.attach(session)
+
+    def __repr__(self) -> str:
+        if "_lock" not in self.__dict__:  # still in __init__
+            return "<Player>"
+        with self._lock:
+            samples = sum(len(c) for c in self._chunks) // 2
+            chunks = len(self._chunks)
+        seconds = samples / self.sample_rate if self.sample_rate else 0.0
+        return f"<Player {self.status} audio={seconds:.2f}s chunks={chunks}>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:
+            # What viewers without widgets (nbviewer, GitHub) show in place of the player.
+            bundle[0]["text/plain"] = "fish-notebook player (live when the notebook runs)"
+        return bundle
 
     # -- wiring ------------------------------------------------------------------------------
 

@@ -303,3 +303,13 @@ def test_the_fallback_can_be_a_small_mp3_and_refuses_unknown_formats() -> None:
     assert len(mp3) < len(pcm(24000)) // 4
     with pytest.raises(ValidationError):
         display_player(fallback="ogg", display_fn=FakeDisplay())
+
+
+def test_viewers_without_widgets_see_a_readable_placeholder() -> None:
+    """The widget output's text/plain names the player instead of an object address."""
+    player = Player(sample_rate=8000)
+    player.on_audio(pcm(8000), 0)
+    data, _ = player._repr_mimebundle_()
+    assert data["text/plain"] == "fish-notebook player (live when the notebook runs)"
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert repr(player) == "<Player idle audio=1.00s chunks=1>"

@@ -28,7 +28,7 @@ const SYNC_MS = 1000;
 /** Per-chunk detail (seqs, starts, gaps, latencies) is kept for this many chunks. */
 const MAX_DETAIL = 1000;
 /** A model with no view left stops its audio after this long (a re-render takes less). */
-const ORPHAN_MS = 1500;
+const ORPHAN_MS = 400;
 /** Characters per second of speech, to place the highlight while the stream is live. */
 const CHARS_PER_S = 14;
 const TERMINAL = new Set(["finished", "failed", "stopped"]);
