@@ -40,8 +40,10 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .client import AsyncRealtimeClient, RealtimeClient, Timeout
+    from .panel import SpeakPanel
     from .play import play
     from .session import Playback, Session
+    from .speaking import speak
 
 __all__ = [
     "AsyncRealtimeClient",
@@ -61,6 +63,7 @@ __all__ = [
     "ServerBusyError",
     "Session",
     "SessionStateError",
+    "SpeakPanel",
     "StopEvent",
     "StreamTimeout",
     "TTSRequest",
@@ -72,6 +75,7 @@ __all__ = [
     "__version__",
     "load_ipython_extension",
     "play",
+    "speak",
     "unload_ipython_extension",
 ]
 
@@ -83,6 +87,8 @@ _LAZY = {
     "Session": "session",
     "Playback": "session",
     "play": "play",
+    "speak": "speaking",
+    "SpeakPanel": "panel",
 }
 
 
