@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import builtins
+import gc
 import io
 import itertools
 import math
+import random
 import struct
 import sys
+import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from fish_notebook import audio
 from fish_notebook.audio import (
     UNKNOWN_SIZE,
     Mp3Encoder,
+    Mp3StreamDecoder,
     PcmDecoder,
     SampleAligner,
     WavDecoder,
@@ -517,17 +522,247 @@ def test_pcm_decoder_drops_a_trailing_partial_sample() -> None:
     assert decoder.finish() == b""
 
 
-@pytest.mark.parametrize("fmt", ["mp3", "opus"])
-def test_format_decoder_compressed_not_implemented(fmt: str) -> None:
-    """mp3/opus decoding is not available, and the message says what to do instead."""
-    with pytest.raises(NotImplementedError, match="format='pcm' or 'wav'"):
-        format_decoder(fmt, 44100)
+def test_format_decoder_opus_not_implemented() -> None:
+    """opus decoding is not available, and the message says what to do instead."""
+    with pytest.raises(NotImplementedError, match="format='pcm', 'wav' or 'mp3'"):
+        format_decoder("opus", 44100)
 
 
 def test_format_decoder_unknown_format() -> None:
     """An unknown format is a ValidationError."""
     with pytest.raises(ValidationError, match="format"):
         format_decoder("flac", 44100)
+
+
+# --- Mp3StreamDecoder ------------------------------------------------------------------------
+
+# LAME delays the audio by its encoder delay (576 samples) plus the decoder's (529), and pads
+# the end to whole frames. Without a LAME header in the stream (a live stream has none) the
+# decoder cannot remove them, so the decoded audio is the source shifted by 1105 samples
+# plus up to one more frame at the end; with a header it would be the source exactly.
+MP3_DELAY = 576 + 529
+
+
+def tone_sequence(rate: int, tones: tuple[int, ...] = (300, 500, 800, 1200, 1800, 2500)) -> bytes:
+    """A quarter second of each tone, at a level MP3 keeps well."""
+    return b"".join(sine_pcm(0.25, rate, freq) for freq in tones)
+
+
+def as_samples(pcm: bytes) -> Any:
+    np = pytest.importorskip("numpy")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+
+
+def best_lag(decoded: bytes, source: bytes, max_lag: int) -> tuple[int, float]:
+    """The shift of ``source`` in ``decoded`` and the normalised correlation there."""
+    np = pytest.importorskip("numpy")
+    out, ref = as_samples(decoded), as_samples(source)
+    ref = ref[: len(out) - max_lag]
+    scores = np.correlate(out[: len(ref) + max_lag], ref, mode="valid")
+    lag = int(np.argmax(scores))
+    seg = out[lag : lag + len(ref)]
+    return lag, float(np.dot(seg, ref) / math.sqrt(np.dot(seg, seg) * np.dot(ref, ref)))
+
+
+def decode_in_chunks(decoder: Mp3StreamDecoder, data: bytes, seed: int, largest: int) -> bytes:
+    rng = random.Random(seed)
+    out, pos = b"", 0
+    while pos < len(data):
+        size = rng.randint(1, largest)
+        pcm = decoder.feed(data[pos : pos + size])
+        assert len(pcm) % (2 * decoder.channels) == 0
+        out += pcm
+        pos += size
+    return out + decoder.finish()
+
+
+@pytest.fixture
+def miniaudio() -> Any:
+    return pytest.importorskip("miniaudio")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_mp3_decoder_random_chunks_decode_like_the_whole_file(miniaudio: Any, seed: int) -> None:
+    """Random-size chunks decode to exactly what decoding the whole file gives, every frame."""
+    rate = 24000
+    source = tone_sequence(rate)
+    mp3 = encode_mp3(source, rate, bitrate=64)
+    out = decode_in_chunks(Mp3StreamDecoder(rate), mp3, seed, largest=3000)
+    frames = mp3_frames(mp3)
+    assert len(out) // 2 == sum(n for _, n in frames)
+    whole = miniaudio.decode(mp3, nchannels=1, sample_rate=rate)
+    assert out == whole.samples.tobytes()
+    # The source is in there, shifted by the codec delay, at most padded by two frames.
+    assert 0 <= len(out) // 2 - len(source) // 2 <= MP3_DELAY + 2 * 576
+    lag, correlation = best_lag(out, source, max_lag=2 * 1152)
+    assert lag == MP3_DELAY
+    assert correlation > 0.98
+
+
+def test_mp3_decoder_one_byte_at_a_time(miniaudio: Any) -> None:
+    """Feeding one byte per call gives the same PCM as feeding the stream whole."""
+    mp3 = encode_mp3(tone_sequence(16000, (400, 900)), 16000, bitrate=32)
+    whole = Mp3StreamDecoder(16000)
+    expected = whole.feed(mp3) + whole.finish()
+    decoder = Mp3StreamDecoder(16000)
+    out = b"".join(decoder.feed(mp3[i : i + 1]) for i in range(len(mp3))) + decoder.finish()
+    assert out == expected and len(out) > 16000
+
+
+def test_mp3_decoder_output_comes_while_the_stream_arrives(miniaudio: Any) -> None:
+    """After half the bytes, the audio of (nearly) every frame in that half is already out."""
+    rate = 44100
+    mp3 = encode_mp3(tone_sequence(rate), rate, bitrate=128)
+    decoder = Mp3StreamDecoder(rate)
+    half = len(mp3) // 2
+    first = decoder.feed(mp3[:half])
+    total = len(first) + len(decoder.feed(mp3[half:])) + len(decoder.finish())
+    # All frames complete in the first half are out but the last 128 samples of one.
+    complete, end = 0, 0
+    for frame, (_rate, samples) in zip(
+        audio._Mp3Framer().feed(mp3, final=True), mp3_frames(mp3), strict=True
+    ):
+        end += len(frame)
+        if end > half:
+            break
+        complete += samples
+    assert complete * 2 - len(first) < 2 * 128
+    assert 0.45 < len(first) / total < 0.55
+
+
+def test_mp3_decoder_each_frame_comes_out_when_it_completes(miniaudio: Any) -> None:
+    """Fed frame by frame, every frame but the first gives its audio on its own feed."""
+    mp3 = encode_mp3(tone_sequence(22050, (600,)), 22050, bitrate=64)
+    frames = audio._Mp3Framer().feed(mp3, final=True)
+    decoder = Mp3StreamDecoder(22050)
+    outs = [len(decoder.feed(frame)) // 2 for frame in frames]
+    assert outs[0] == 0  # the first frame waits for the next header, to be sure it is one
+    assert sum(outs[1:]) >= (len(frames) - 1) * 576 - 128
+    assert all(out > 0 for out in outs[2:])
+
+
+@pytest.mark.parametrize(("stream_rate", "rate"), [(48000, 24000), (22050, 44100)])
+def test_mp3_decoder_resamples_to_the_requested_rate(
+    miniaudio: Any, stream_rate: int, rate: int
+) -> None:
+    """A stream at another rate comes out at the requested one: same duration, same pitch."""
+    source = sine_pcm(1.0, stream_rate, 1000.0)
+    decoder = Mp3StreamDecoder(rate)
+    out = decode_in_chunks(decoder, encode_mp3(source, stream_rate), seed=4, largest=2000)
+    assert decoder.stream_sample_rate == stream_rate
+    assert decoder.sample_rate == rate
+    assert 1.0 <= pcm_duration(out, rate) <= 1.0 + 3 * 1152 / stream_rate
+    samples = as_samples(out)[rate // 10 : rate // 10 + rate // 2]  # half a second, steady
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if a < 0 <= b)
+    assert abs(crossings * 2 - 1000) <= 4  # upward crossings per second = frequency
+
+
+def test_mp3_decoder_mixes_stereo_to_mono(miniaudio: Any) -> None:
+    """A stereo stream decodes to the requested mono, with the audio in it."""
+    mono = sine_pcm(0.5, 44100, 700.0)
+    left = as_samples(mono).astype("<i2")
+    stereo = b"".join(struct.pack("<hh", s, s) for s in left.tolist())
+    out = decode_in_chunks(
+        Mp3StreamDecoder(44100, 1), encode_mp3(stereo, 44100, channels=2), 5, 1500
+    )
+    assert pcm_duration(out, 44100) >= 0.5
+    assert pcm_rms(out) > 0.5 * pcm_rms(mono)
+
+
+def test_mp3_decoder_skips_id3_tags_and_junk(miniaudio: Any) -> None:
+    """A leading ID3v2 tag and junk between frames do not change the decoded audio."""
+    rate = 24000
+    mp3 = encode_mp3(tone_sequence(rate, (500, 1500)), rate, bitrate=64)
+    clean = Mp3StreamDecoder(rate)
+    expected = clean.feed(mp3) + clean.finish()
+    frames = audio._Mp3Framer().feed(mp3, final=True)
+    tag = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + b"\xff\xfb" * 64  # 128-byte body
+    junk = b"\x00\xff\x12junk\xff"
+    dirty = tag + junk + b"".join(frames)
+    decoder = Mp3StreamDecoder(rate)
+    out = decode_in_chunks(decoder, dirty, seed=6, largest=700)
+    assert out == expected
+
+
+def test_mp3_decoder_names_a_stream_that_is_not_mp3(miniaudio: Any) -> None:
+    """WAV, Ogg and byte soup fed as MP3 are ProtocolErrors that say what they saw."""
+    with pytest.raises(ProtocolError, match="format='wav'"):
+        Mp3StreamDecoder(24000).feed(wav_stream_header(24000) + b"\0" * 100)
+    ogg = Mp3StreamDecoder(24000)
+    assert ogg.feed(b"Og") == b""
+    with pytest.raises(ProtocolError, match="Ogg"):
+        ogg.feed(b"gS\0\2")
+    soup = Mp3StreamDecoder(24000)
+    with pytest.raises(ProtocolError, match="not an MP3 stream"):
+        for _ in range(20):
+            soup.feed(bytes(range(0, 250)) * 20)
+    short = Mp3StreamDecoder(24000)
+    assert short.feed(b"not audio at all") == b""
+    with pytest.raises(ProtocolError, match="without a single MPEG audio frame"):
+        short.finish()
+
+
+def test_mp3_decoder_lifecycle(miniaudio: Any) -> None:
+    """An empty stream finishes cleanly; finish twice is fine; feed after finish is refused."""
+    decoder = Mp3StreamDecoder(24000)
+    assert decoder.finish() == b""
+    assert decoder.finish() == b""
+    with pytest.raises(SessionStateError):
+        decoder.feed(b"\xff")
+    with pytest.raises(ValidationError, match="channels"):
+        Mp3StreamDecoder(24000, channels=3)
+
+
+def decoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "fish-notebook-mp3-decoder"]
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_mp3_decoder_thread_ends_on_finish_and_when_dropped(miniaudio: Any) -> None:
+    """The decoding thread ends after finish(), and when an unfinished decoder is dropped."""
+    assert wait_until(lambda: not decoder_threads())
+    mp3 = encode_mp3(tone_sequence(24000, (500,)), 24000)
+    finished = Mp3StreamDecoder(24000)
+    finished.feed(mp3)
+    assert len(decoder_threads()) == 1
+    finished.finish()
+    assert wait_until(lambda: not decoder_threads())
+    dropped = Mp3StreamDecoder(24000)
+    assert dropped.feed(mp3[: len(mp3) // 2])
+    assert len(decoder_threads()) == 1
+    del dropped
+    gc.collect()
+    assert wait_until(lambda: not decoder_threads())
+
+
+def test_format_decoder_mp3(miniaudio: Any) -> None:
+    """format_decoder('mp3') is the incremental MP3 decoder at the requested rate."""
+    decoder = format_decoder("mp3", 22050)
+    assert isinstance(decoder, Mp3StreamDecoder)
+    assert (decoder.sample_rate, decoder.channels) == (22050, 1)
+
+
+def test_mp3_decoding_without_miniaudio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without miniaudio, MP3 decoding raises MissingDependencyError naming the mp3 extra."""
+    real_import = builtins.__import__
+
+    def no_miniaudio(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "miniaudio":
+            raise ImportError("No module named 'miniaudio'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "miniaudio", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_miniaudio)
+    with pytest.raises(MissingDependencyError, match=r"fish-notebook\[mp3\]"):
+        format_decoder("mp3", 44100)
 
 
 def test_all_exports_exist() -> None:
