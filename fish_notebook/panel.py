@@ -198,6 +198,7 @@ class _SessionWatch:
     def __init__(self, panel: SpeakPanel, feed: TextFeed) -> None:
         self.panel = panel
         self.feed = feed
+        self.session: Session | None = None  # set once speak() returned it
 
     def on_text(self, text: str) -> None: ...
     def on_flush(self) -> None: ...
@@ -205,7 +206,7 @@ class _SessionWatch:
     def on_metrics(self, metrics: dict[str, Any]) -> None: ...
 
     def on_state(self, state: str, error: str | None) -> None:
-        self.panel._session_state(self.feed, state, error)
+        self.panel._session_state(self, state, error)
 
 
 class SpeakPanel(widgets.VBox):
@@ -360,11 +361,11 @@ class SpeakPanel(widgets.VBox):
     def stop(self) -> None:
         """Stop the running session now (the Stop button); typing later starts a new one."""
         with self._lock:
-            session, feed = self._session, self._feed
+            session = self._session
+            self._feed = self._session = None  # typing from now on starts a new session
             self._sent = self.text_input.value
-        if feed is not None:
-            feed.close()
         if session is not None:
+            # Cancels the session at once; closing the feed first would let it drain instead.
             session.stop()
 
     def close(self) -> None:
@@ -400,6 +401,7 @@ class SpeakPanel(widgets.VBox):
 
     def _start_session(self) -> TextFeed:
         feed = TextFeed()
+        watch = _SessionWatch(self, feed)
         session = speak(
             feed,
             voice=self.voice,
@@ -411,8 +413,9 @@ class SpeakPanel(widgets.VBox):
             base_url=self._base_url,
             api_key=self._api_key,
             display=False,
-            listeners=[_SessionWatch(self, feed)],
+            listeners=[watch],
         )
+        watch.session = session
         old = self.player
         self.player = Player(session)
         self.player_box.children = (self.player,)
@@ -424,19 +427,20 @@ class SpeakPanel(widgets.VBox):
         self._show(f"<b>speaking</b> (session {len(self.sessions)})")
         if session.done:  # it ended before it was registered: its watcher found nothing
             error = session.error
-            self._session_state(feed, session.state, None if error is None else repr(error))
+            self._session_state(watch, session.state, None if error is None else repr(error))
         return feed
 
-    def _session_state(self, feed: TextFeed, state: str, error: str | None) -> None:
+    def _session_state(self, watch: _SessionWatch, state: str, error: str | None) -> None:
         """Called on the IO thread when a session of this panel changes state."""
         if state not in FINAL_STATES:
             return
+        feed, session = watch.feed, watch.session
         feed.close()
         with self._lock:
-            if self._feed is not feed:
-                return
-            session = self._session
-            self._feed = self._session = None
+            if self._feed is feed:
+                self._feed = self._session = None
+            elif self._feed is not None:
+                return  # a newer session is running: its status stays
         audio = f"{session.duration:.1f} s of audio" if session is not None else ""
         detail = f": {html.escape(error)}" if error else ""
         self._show(f"<b>{state}</b>{detail} ({audio}); type or press Speak for more")
