@@ -29,12 +29,13 @@ import itertools
 import linecache
 import os
 import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.text import FullEvalFormatter
 
 from .errors import ValidationError
@@ -306,10 +307,12 @@ def split_line(parser: Any, line: str) -> tuple[str, str]:
 
 
 def _parse(magic: Any, line: str) -> Any:
+    """Parse options with shell quoting (IPython's own splitter keeps the quotes)."""
     try:
-        return parse_argstring(magic, line)
+        argv = shlex.split(line)
     except ValueError as exc:  # unbalanced quotes
         raise UsageError(f"cannot read the options: {exc}") from None
+    return magic.parser.parse_args(argv)  # its error() raises UsageError
 
 
 # --- the magics -----------------------------------------------------------------------------
