@@ -19,7 +19,8 @@ both ends, so nothing is held back between chunks and no seam is audible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..audio import Mp3Encoder, wav_stream_header
@@ -89,6 +90,22 @@ class StreamEncoder:
             data = self._encode_resampled(samples[start : start + step])
             if data:
                 yield data
+
+    def encode_parts(
+        self, pcm: bytes, rate: int, cuts: Sequence[int]
+    ) -> Iterator[tuple[bytes, int]]:
+        """:meth:`encode` in parts cut at ``cuts`` (sample indexes at ``rate``, from 0 to the
+        end, ascending): yields each part's stream bytes and its length in samples at the
+        output rate. Resampling is done on the whole chunk, then cut where the input cuts
+        fall; the lengths add up to the resampled chunk. For ``mp3`` the bytes of a part
+        are what the encoder gives back then (it lags a few milliseconds and may return
+        nothing for a short part)."""
+        samples = self._resample(pcm, rate)
+        total_in = max(1, len(pcm) // 2)
+        total_out = len(samples) // 2
+        edges = [min(total_out, round(cut * total_out / total_in)) for cut in cuts]
+        for start, end in itertools.pairwise(edges):
+            yield self._encode_resampled(samples[start * 2 : end * 2]), max(0, end - start)
 
     def drain(self) -> bytes:
         """Nothing more to encode for now: return what the encoder still holds."""

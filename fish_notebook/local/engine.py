@@ -20,6 +20,7 @@ Piper is GPL and comes with the ``local`` extra; it is imported only when a voic
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -125,6 +126,15 @@ class Voice:
     def __repr__(self) -> str:
         return f"Voice({self.name!r}, sample_rate={self.sample_rate})"
 
+    def phonemize(self, text: str) -> list[tuple[str, ...]]:
+        """The phonemes :meth:`synthesize` speaks for ``text``: one tuple per sentence, in
+        the order (and number) of the chunks it yields. Thread-safe."""
+        return [tuple(s) for s in self._piper.phonemize(text) if s]
+
+    def phonemize_word(self, word: str) -> tuple[str, ...]:
+        """The phonemes of ``word`` spoken alone, sentences joined (cached). Thread-safe."""
+        return _phonemize_word(self, word)
+
     def synthesize(
         self,
         text: str,
@@ -163,6 +173,11 @@ class Voice:
             )
             if cancelled is not None and cancelled():
                 return
+
+
+@functools.lru_cache(maxsize=8192)
+def _phonemize_word(voice: Voice, word: str) -> tuple[str, ...]:
+    return tuple(p for sentence in voice._piper.phonemize(word) for p in sentence)
 
 
 def _spans(alignments: Any) -> tuple[PhonemeSpan, ...] | None:
@@ -287,14 +302,24 @@ class VoiceLibrary:
         """The ids of every voice, the default first."""
         return [info.id for info in self.voices()]
 
-    def default(self) -> Voice:
-        """The default voice, loaded (once per process)."""
-        model, config = self._files()[DEFAULT_VOICE]
-        return _load(DEFAULT_VOICE, model, config, alignment=self.alignment)
+    def default(self, *, alignment: bool | None = None) -> Voice:
+        """The default voice, loaded (once per process).
 
-    def find(self, name: str) -> Voice | None:
-        """The voice called ``name`` (loaded on first use), or None if there is none."""
+        ``alignment=True`` asks for the voice with per-phoneme timing even when the library
+        was made without it (loaded separately, once, on first use); None: the library's.
+        """
+        model, config = self._files()[DEFAULT_VOICE]
+        return _load(DEFAULT_VOICE, model, config, alignment=self._alignment(alignment))
+
+    def find(self, name: str, *, alignment: bool | None = None) -> Voice | None:
+        """The voice called ``name`` (loaded on first use), or None if there is none.
+
+        ``alignment`` as for :meth:`default`.
+        """
         entry = self._files().get(name)
         if entry is None:
             return None
-        return _load(name, *entry, alignment=self.alignment)
+        return _load(name, *entry, alignment=self._alignment(alignment))
+
+    def _alignment(self, wanted: bool | None) -> bool:
+        return self.alignment or bool(wanted)

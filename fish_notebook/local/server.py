@@ -26,6 +26,7 @@ Plain HTTP on the same port: ``GET /healthz`` answers ``ok``; ``GET /v1/voices``
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import http
 import ipaddress
@@ -33,8 +34,9 @@ import json
 import logging
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +47,9 @@ from websockets.http11 import Request, Response
 from ..errors import ProtocolError, ValidationError
 from ..protocol import (
     LIVE_PATH,
+    LIVE_TIMESTAMP_PATH,
+    Alignment,
+    AlignmentSegment,
     AudioEvent,
     ClientEvent,
     ErrorEvent,
@@ -62,8 +67,9 @@ from ..protocol import (
 )
 from .chunker import TextChunker
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
-from .engine import Voice, VoiceLibrary
+from .engine import SpeechChunk, Voice, VoiceLibrary
 from .recorder import Recorder, SessionRecord
+from .timing import WordPlan, cut_at_words
 
 __all__ = ["HEALTH_PATH", "VOICES_PATH", "LocalServer", "ThreadedServer", "is_loopback"]
 
@@ -92,6 +98,26 @@ class _SessionFailed(Exception):
 
 
 _STOP = object()
+
+#: Largest audio payload of one ``/with-timestamp`` event, where events hold whole words:
+#: a word longer than ``MAX_AUDIO_PAYLOAD`` goes out whole, up to this (websockets' default
+#: ``max_size``); only a longer one is cut.
+MAX_TIMED_PAYLOAD = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _TimedPart:
+    """Encoded audio of whole words, on its way from a synthesis thread to the socket."""
+
+    data: bytes
+    samples: int  # at the requested rate; 0 for an encoder's tail
+    content: str
+    alignment: Alignment
+
+
+def _seconds(samples: int, rate: int, limit: float) -> float:
+    """``samples`` at ``rate`` in seconds, microsecond-rounded, kept inside ``[0, limit]``."""
+    return min(max(round(samples / rate, 6), 0.0), limit)
 
 
 class LocalServer:
@@ -243,7 +269,7 @@ class LocalServer:
         path = urlsplit(request.path).path.rstrip("/") or "/"
         if path == HEALTH_PATH:
             return _cors(connection.respond(http.HTTPStatus.OK, "ok\n"))
-        if path not in (LIVE_PATH, VOICES_PATH):
+        if path not in (LIVE_PATH, LIVE_TIMESTAMP_PATH, VOICES_PATH):
             return connection.respond(
                 http.HTTPStatus.NOT_FOUND, f"Not found. The TTS WebSocket is at {LIVE_PATH}\n"
             )
@@ -322,6 +348,13 @@ class _Session:
         self.pending_chars = 0  # text queued for the speaker, not yet synthesized
         self.busy = False  # the speaker is synthesizing or sending
         self.cancelled = False  # tells a synthesis thread to stop after its sentence
+        # /v1/tts/live/with-timestamp: audio events also carry their words and timeline place.
+        path = urlsplit(request.path).path.rstrip("/") if request is not None else ""
+        self.timestamps = path == LIVE_TIMESTAMP_PATH
+        self.began = self.loop.time()
+        self.chunk_seq = 0  # audio events sent (timestamp sessions)
+        self.samples_sent = 0  # audio samples sent, at the requested rate (timestamp sessions)
+        self.estimate_noted = False
 
     async def run(self) -> None:
         """Serve the session to its end: finish sent and socket closed, or client gone."""
@@ -335,7 +368,7 @@ class _Session:
         finally:
             self.cancelled = True
             if self.server.recorder is not None and self.record is not None:
-                self.server.recorder.close(self.record)
+                self.server.recorder.close(self.record, self.connection.close_code)
 
     async def _converse(self) -> None:
         """Read frames and speak at the same time; the first failure of either ends both."""
@@ -410,15 +443,20 @@ class _Session:
         if request.references:
             await self._log("zero-shot cloning from 'references' is not available locally: ignored")
         if wanted is None:
-            return await self.loop.run_in_executor(self.pool, library.default)
-        voice = await self.loop.run_in_executor(self.pool, library.find, wanted)
+            return await self.loop.run_in_executor(self.pool, self._load_default)
+        find = functools.partial(library.find, alignment=self.timestamps or None)
+        voice = await self.loop.run_in_executor(self.pool, find, wanted)
         if voice is None:
-            voice = await self.loop.run_in_executor(self.pool, library.default)
+            voice = await self.loop.run_in_executor(self.pool, self._load_default)
             await self._log(
                 f"reference_id {wanted!r} is not a local voice: speaking with the default "
                 f"voice {voice.name!r}. Local voices: {', '.join(library.names())}"
             )
         return voice
+
+    def _load_default(self) -> Voice:
+        # Timestamp sessions need per-phoneme timing: that voice loads on first use.
+        return self.server.voices.default(alignment=self.timestamps or None)
 
     async def _read(self) -> None:
         assert self.chunker is not None
@@ -490,13 +528,24 @@ class _Session:
 
         def job() -> None:
             try:
-                for chunk in voice.synthesize(
-                    text,
-                    speed=speed,
-                    volume_db=volume,
-                    normalize_loudness=normalize,
-                    cancelled=self._is_cancelled,
+                plan = (
+                    WordPlan(text, voice.phonemize(text), voice.phonemize_word)
+                    if self.timestamps
+                    else None
+                )
+                for index, chunk in enumerate(
+                    voice.synthesize(
+                        text,
+                        speed=speed,
+                        volume_db=volume,
+                        normalize_loudness=normalize,
+                        cancelled=self._is_cancelled,
+                    )
                 ):
+                    if plan is not None:
+                        for part in self._timed_parts(plan, index, chunk):
+                            hand_over(part)
+                        continue
                     for data in encoder.encode_slices(chunk.pcm, chunk.sample_rate):
                         hand_over(data)
             except Exception as exc:
@@ -512,6 +561,9 @@ class _Session:
             if isinstance(item, Exception):
                 logger.exception("synthesis failed", exc_info=item)
                 raise _SessionFailed(f"synthesis failed: {type(item).__name__}: {item}")
+            if isinstance(item, _TimedPart):
+                await self._send_timed(item)
+                continue
             assert isinstance(item, bytes)
             await self._send_audio(item)
 
@@ -520,7 +572,63 @@ class _Session:
 
     # --- sending ----------------------------------------------------------------------
 
+    def _timed_parts(self, plan: WordPlan, index: int, chunk: SpeechChunk) -> Iterator[_TimedPart]:
+        """One sentence's audio cut at word boundaries, each part with its words (pool thread).
+
+        A part holds whole words and at most half a second or ``MAX_AUDIO_PAYLOAD`` bytes of
+        audio, unless one word alone is longer: then the part is that word (sliced only
+        past ``MAX_TIMED_PAYLOAD``). Word times are relative to the part's first sample.
+        """
+        encoder = self.encoder
+        assert encoder is not None
+        samples = len(chunk.pcm) // 2
+        rate = chunk.sample_rate
+        words = plan.timed(index, chunk.phonemes, chunk.alignment, samples)
+        if words is None:
+            logger.warning("sentence %d is not the one planned: sent without words", index)
+            words = []
+        elif chunk.alignment is None and not self.estimate_noted:
+            self.estimate_noted = True
+            name = self.voice.name if self.voice is not None else "?"
+            logger.warning("voice %s has no phoneme alignment: word times are estimates", name)
+        per_second = (
+            encoder.sample_rate * 2 if encoder.format != "mp3" else encoder.mp3_bitrate * 125
+        )
+        soft = int(min(0.5, MAX_AUDIO_PAYLOAD / per_second) * rate)
+        hard = int(MAX_TIMED_PAYLOAD / per_second * rate)
+        parts = cut_at_words(words, samples, max(1, soft), max(1, hard))
+        cuts = [0, *(end for _, end, _ in parts)]
+        encoded = encoder.encode_parts(chunk.pcm, rate, cuts)
+        for (start, _, held), (data, out_samples) in zip(parts, encoded, strict=True):
+            duration = round(out_samples / encoder.sample_rate, 6)
+            segments = tuple(
+                AlignmentSegment(
+                    word.word.text,
+                    _seconds(word.start - start, rate, duration),
+                    _seconds(word.end - start, rate, duration),
+                )
+                for word in held
+            )
+            yield _TimedPart(data, out_samples, plan.content(held), Alignment(segments, duration))
+
+    async def _send_timed(self, part: _TimedPart) -> None:
+        assert self.encoder is not None
+        event = AudioEvent(
+            part.data,
+            content=part.content,
+            alignment=part.alignment,
+            chunk_seq=self.chunk_seq,
+            chunk_audio_offset_sec=round(self.samples_sent / self.encoder.sample_rate, 6),
+            time=round((self.loop.time() - self.began) * 1000, 1),
+        )
+        self.chunk_seq += 1
+        self.samples_sent += part.samples
+        await self._send(event)
+
     async def _send_audio(self, data: bytes) -> None:
+        if self.timestamps and data:  # an encoder's tail: bytes that add no time of their own
+            await self._send_timed(_TimedPart(data, 0, "", Alignment((), 0.0)))
+            return
         for start in range(0, len(data), MAX_AUDIO_PAYLOAD):
             await self._send(AudioEvent(data[start : start + MAX_AUDIO_PAYLOAD]))
 
