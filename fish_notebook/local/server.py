@@ -19,6 +19,16 @@ frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``
   ``max_concurrency`` and is closed, never queued); bounded frame size and buffered text;
   idle sessions closed. A non-loopback host needs a token unless ``allow_insecure``.
 
+``/v1/tts/live/with-timestamp`` speaks the same protocol, and each ``audio`` event also
+carries ``content`` (the words it holds), ``alignment`` (``segments`` of ``{text, start,
+end}`` in seconds from the event's first sample, ``audio_duration``), ``chunk_seq`` (0, 1,
+...), ``chunk_audio_offset_sec`` (where the event starts on the session's audio timeline)
+and ``time`` (ms since the session began). Word times come from the voice's phoneme
+alignment (see :mod:`.timing`). Events are cut between words: an event holds whole words,
+at most half a second or ``MAX_AUDIO_PAYLOAD`` bytes of them unless a single word is longer
+(then that word alone, up to ``MAX_TIMED_PAYLOAD``). For ``mp3`` the timeline is the PCM
+that was encoded; the encoder's tail goes out as an event with no words and no duration.
+
 Plain HTTP on the same port: ``GET /healthz`` answers ``ok``; ``GET /v1/voices`` answers
 ``{"voices": [{"id", "default", "sample_rate"}]}``.
 """
@@ -139,7 +149,8 @@ class LocalServer:
         max_frame_size: Largest client frame in bytes (the connection closes with 1009).
         max_text: Most characters of text a session may have waiting to be spoken.
         record: Keep a :class:`~.recorder.Recorder` of every session (for tests).
-        alignment: Load voices with per-phoneme timing (for word timestamps later).
+        alignment: Load every voice with per-phoneme timing at once. Without it, sessions
+            on ``/v1/tts/live/with-timestamp`` load the timed voice on first use (~1 s).
         allow_insecure: Allow a non-loopback ``host`` without a ``token``.
     """
 
