@@ -48,7 +48,9 @@ class SessionRecord:
 
     ``headers`` are the handshake's request headers (``Authorization`` left out);
     ``model`` is the model the ``model`` header resolved to. ``spoken`` lists the pieces of
-    text handed to the voice, in order (see the chunker).
+    text handed to the voice, in order (see the chunker). ``close_code`` is the WebSocket
+    close code the server saw when the session ended: 1000 (or the code the client echoed)
+    after a clean closing handshake, 1006 when the connection was dropped or aborted.
     """
 
     id: int
@@ -60,6 +62,7 @@ class SessionRecord:
     sent: list[SentEvent] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     closed: float | None = None
+    close_code: int | None = None
 
     @property
     def model_header(self) -> str | None:
@@ -171,7 +174,8 @@ class Recorder:
         with self._changed:
             record.spoken.append(text)
 
-    def close(self, record: SessionRecord) -> None:
+    def close(self, record: SessionRecord, close_code: int | None = None) -> None:
         with self._changed:
+            record.close_code = close_code
             record.closed = time.monotonic()
             self._changed.notify_all()
