@@ -125,6 +125,13 @@ def read_stdin_text(fd: int = 0, *, chunk_size: int = 65536) -> Iterator[str]:
             return
 
 
+def _stdin_fd() -> int:
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # no stdin at all (closed, or None)
+        raise ValidationError("TEXT", None, "give the text to say: there is no stdin") from None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if len(text) > _MAX_ERROR_CHARS:
@@ -228,11 +235,6 @@ def _summary(session: Session, path: Path | None) -> str:
 
 
 def _say(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.CRITICAL + 1,
-        stream=sys.stderr,
-        format="%(name)s: %(message)s",
-    )
     progress = _Progress(sys.stderr, quiet=args.quiet)
 
     def fail(exc: BaseException, status: int, session: Session | None = None) -> int:
@@ -249,7 +251,7 @@ def _say(args: argparse.Namespace) -> int:
         path = _output_path(args.output, args.format)
         from .session import Session
 
-        source: Any = read_stdin_text(sys.stdin.fileno()) if from_stdin else args.text
+        source: Any = read_stdin_text(_stdin_fd()) if from_stdin else args.text
         session = Session(
             source,
             base_url=args.url,
@@ -274,8 +276,15 @@ def _say(args: argparse.Namespace) -> int:
     if from_stdin and sys.stdin.isatty() and not args.quiet:
         progress.say("reading text from the terminal; end it with Ctrl-D")
     session.add_listener(progress)
-    with contextlib.suppress(ValueError):  # not in the main thread: no handler, no matter
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    # Library logs would break the one-line error promise; --verbose asks for them.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.CRITICAL + 1,
+        stream=sys.stderr,
+        format="%(name)s: %(message)s",
+    )
+    previous_sigterm: Any = None
+    with contextlib.suppress(ValueError):  # not the main thread: no handler, no matter
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         session.start()
         session.wait()
@@ -285,6 +294,9 @@ def _say(args: argparse.Namespace) -> int:
         return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except Exception as exc:
         return fail(exc, EXIT_FAILED, session)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     for message in session.logs:
         progress.say(f"server: {message}")
     if session.duration == 0:
