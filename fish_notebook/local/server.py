@@ -310,7 +310,7 @@ class LocalServer:
             )
             try:
                 await connection.send(pack(refusal))
-                await connection.close(1013, "Concurrency limit exceeded")
+                await _close(connection, 1013, "Concurrency limit exceeded")
             except ConnectionClosed:
                 pass
             return
@@ -320,6 +320,29 @@ class LocalServer:
             await _Session(self, connection, self._pool).run()
         finally:
             self._active -= 1
+
+
+async def _close(connection: ServerConnection, code: int = 1000, reason: str = "") -> None:
+    """Close, reading and dropping whatever the client still sends meanwhile.
+
+    Nothing else reads the connection by then. Without this, a client that keeps sending
+    fills the incoming queue, websockets stops reading the socket, never sees the client's
+    closing frame, and the session stays open until the close timeout (10 s) aborts it.
+    """
+
+    async def discard() -> None:
+        try:
+            while True:
+                await connection.recv()
+        except ConnectionClosed:
+            pass
+
+    reader = asyncio.create_task(discard())
+    try:
+        await connection.close(code, reason)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 def _cors(response: Response) -> Response:
@@ -516,7 +539,7 @@ class _Session:
                 self.busy = False
         await self._send_audio(self.encoder.finish())
         await self._send(FinishEvent("stop"))
-        await self.connection.close()
+        await _close(self.connection)
 
     async def _synthesize(self, text: str) -> None:
         """Synthesize one piece in the pool; send each sentence's audio as it comes."""
@@ -657,7 +680,7 @@ class _Session:
         try:
             await self._send(LogEvent(message))
             await self._send(FinishEvent("error", message))
-            await self.connection.close()
+            await _close(self.connection)
         except ConnectionClosed:
             pass
 
