@@ -91,6 +91,9 @@ VOICES_PATH = "/v1/voices"
 #: Largest audio payload in one ``audio`` event. The Fish SDK's WebSocket client refuses
 #: messages over 64 KiB by default, so a long sentence goes out as several events.
 MAX_AUDIO_PAYLOAD = 32 * 1024
+#: Longest ``log`` / ``finish`` message. Messages quote what the client sent (an unknown
+#: event name, a bad value): clipped, they cannot outgrow the SDK's 64 KiB or flood the log.
+MAX_MESSAGE = 1000
 
 
 def is_loopback(host: str) -> bool:
@@ -349,6 +352,15 @@ def _cors(response: Response) -> Response:
     # The voice list and health are not secret; a browser panel may read them directly.
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
+
+
+def _clipped(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut in the middle to at most ``limit`` characters (its end says what to do)."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 3
+    marker = f" ...[{len(message) - limit} characters cut]... "
+    return message[: limit - tail - len(marker)] + marker + message[-tail:]
 
 
 def _speakable(text: str) -> str:
@@ -672,10 +684,12 @@ class _Session:
             self.server.recorder.sent(self.record, event)
 
     async def _log(self, message: str) -> None:
+        message = _clipped(message)
         logger.info("session: %s", message)
         await self._send(LogEvent(message))
 
     async def _fail(self, message: str) -> None:
+        message = _clipped(message)
         logger.warning("session ended with an error: %s", message)
         try:
             await self._send(LogEvent(message))
