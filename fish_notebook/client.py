@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -79,7 +79,9 @@ __all__ = [
     "AsyncRealtimeStream",
     "RealtimeClient",
     "StreamState",
+    "TimedWord",
     "Timeout",
+    "WordTimeline",
     "build_request",
     "resolve_endpoint",
 ]
@@ -87,6 +89,7 @@ __all__ = [
 logger = logging.getLogger("fish_notebook.client")
 
 _UNSET: Any = object()
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,64 @@ def build_request(
         name = sorted(unknown)[0]
         raise ValidationError(name, changes[name], "is not a TTS request field")
     return base.replace(**changes) if changes else base
+
+
+# --- words on one timeline (no I/O) ---------------------------------------------------------
+
+
+class TimedWord(NamedTuple):
+    """A word and when it is heard: seconds from the first sample of the session's audio."""
+
+    text: str
+    start: float
+    end: float
+
+
+class WordTimeline:
+    """Places the words of ``/with-timestamp`` audio events on one session timeline.
+
+    Call :meth:`add` with every audio event, in order; it returns the words that event
+    placed (absolute times) and keeps them all in :attr:`words`. An event's words sit at
+    its start on the timeline: the ``offset`` you pass (say, the seconds of audio you had
+    before this event), else the event's ``chunk_audio_offset_sec``, else the end of the
+    previous event (the sum of the ``audio_duration`` before it).
+
+    Guarantees: words come out in the order received and never go back in time nor
+    overlap (a start before the previous word's end is moved to that end; an end is never
+    before its start). Events without alignment place no words. Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.words: list[TimedWord] = []
+        self._next_offset = 0.0
+
+    def __repr__(self) -> str:
+        return f"<WordTimeline {len(self.words)} words, {self._next_offset:.3f} s>"
+
+    @property
+    def duration(self) -> float:
+        """Where the next event would start: the end of the last event with alignment."""
+        return self._next_offset
+
+    def add(self, event: AudioEvent, offset: float | None = None) -> list[TimedWord]:
+        """Place ``event``'s words; return the ones placed (possibly none)."""
+        alignment = event.alignment
+        if alignment is None:
+            return []
+        if offset is None:
+            offset = event.chunk_audio_offset_sec
+        if offset is None:
+            offset = self._next_offset
+        floor = self.words[-1].end if self.words else 0.0
+        placed: list[TimedWord] = []
+        for segment in alignment.segments:
+            start = max(offset + segment.start, floor)
+            end = max(offset + segment.end, start)
+            placed.append(TimedWord(segment.text, start, end))
+            floor = end
+        self.words.extend(placed)
+        self._next_offset = max(self._next_offset, offset + alignment.audio_duration)
+        return placed
 
 
 class _RedactingLogger(logging.LoggerAdapter):
@@ -626,6 +687,16 @@ class AsyncRealtimeClient:
             log=self._log,
         )
 
+    @overload
+    def stream_websocket(
+        self, text_stream: Any, *, timestamps: Literal[False] = False, **options: Any
+    ) -> AsyncIterator[bytes]: ...
+
+    @overload
+    def stream_websocket(
+        self, text_stream: Any, *, timestamps: Literal[True], **options: Any
+    ) -> AsyncIterator[AudioEvent]: ...
+
     def stream_websocket(
         self,
         text_stream: Any,
@@ -640,8 +711,9 @@ class AsyncRealtimeClient:
         model: str | None = None,
         max_workers: int | None = None,
         ws_options: Any = None,
+        timestamps: bool = False,
         **options: Any,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[bytes] | AsyncIterator[AudioEvent]:
         """Stream text in, get audio ``bytes`` out while the text is still arriving.
 
         ``text_stream`` is anything :func:`fish_notebook.sources.iter_source` takes: a str,
@@ -653,6 +725,11 @@ class AsyncRealtimeClient:
         If the source raises, ``stop`` is sent, the audio owed for text already sent is still
         yielded, and then the source's exception propagates. ``max_workers`` and
         ``ws_options`` exist for drop-in compatibility with the Fish SDK and are ignored.
+
+        ``timestamps=True`` uses ``/v1/tts/live/with-timestamp`` and yields whole
+        :class:`~fish_notebook.protocol.AudioEvent` objects instead of bytes: ``.audio``,
+        plus ``.content`` and ``.alignment`` (each word's seconds from that event's start).
+        Feed them to a :class:`WordTimeline` to place the words on one timeline.
         """
         self._check_open()
         request = build_request(
@@ -665,13 +742,22 @@ class AsyncRealtimeClient:
             volume=volume,
             **options,
         )
+        if timestamps:
+            return self._audio_events(text_stream, request, model or self.model)
         return self._audio(text_stream, request, model or self.model)
 
     async def _audio(self, source: Any, request: TTSRequest, model: str) -> AsyncIterator[bytes]:
-        async with self.stream_events(source, request=request, model=model) as events:
+        async for event in self._audio_events(source, request, model, timestamps=False):
+            yield event.audio
+
+    async def _audio_events(
+        self, source: Any, request: TTSRequest, model: str, *, timestamps: bool = True
+    ) -> AsyncIterator[AudioEvent]:
+        feed = self.stream_events(source, request=request, model=model, timestamps=timestamps)
+        async with feed as events:
             async for event in events:
                 if isinstance(event, AudioEvent):
-                    yield event.audio
+                    yield event
 
     def stream_events(
         self,
@@ -837,8 +923,24 @@ class RealtimeClient:
     def async_client(self) -> AsyncRealtimeClient:
         return self._async
 
-    def stream_websocket(self, text_stream: Any, **options: Any) -> Iterator[bytes]:
-        """Blocking twin of :meth:`AsyncRealtimeClient.stream_websocket`: an iterator of bytes."""
+    @overload
+    def stream_websocket(
+        self, text_stream: Any, *, timestamps: Literal[False] = False, **options: Any
+    ) -> Iterator[bytes]: ...
+
+    @overload
+    def stream_websocket(
+        self, text_stream: Any, *, timestamps: Literal[True], **options: Any
+    ) -> Iterator[AudioEvent]: ...
+
+    def stream_websocket(
+        self, text_stream: Any, *, timestamps: bool = False, **options: Any
+    ) -> Iterator[bytes] | Iterator[AudioEvent]:
+        """Blocking twin of :meth:`AsyncRealtimeClient.stream_websocket`: an iterator of bytes
+        (of :class:`~fish_notebook.protocol.AudioEvent` with ``timestamps=True``)."""
+        if timestamps:
+            events = self._async.stream_websocket(text_stream, timestamps=True, **options)
+            return _iterate_in_background(events)
         return _iterate_in_background(self._async.stream_websocket(text_stream, **options))
 
     def close(self) -> None:
@@ -851,9 +953,9 @@ class RealtimeClient:
         self.close()
 
 
-def _iterate_in_background(agen: AsyncIterator[bytes]) -> Iterator[bytes]:
+def _iterate_in_background(agen: AsyncIterator[_T]) -> Iterator[_T]:
     """Drive an async generator on the background loop, one item per ``next()``."""
-    step: Callable[[], Awaitable[bytes]] = agen.__anext__
+    step: Callable[[], Awaitable[_T]] = agen.__anext__
     try:
         while True:
             try:
@@ -867,5 +969,5 @@ def _iterate_in_background(agen: AsyncIterator[bytes]) -> Iterator[bytes]:
                 _loop.run_sync(aclose(), 10.0)
 
 
-async def _next(step: Callable[[], Awaitable[bytes]]) -> bytes:
+async def _next(step: Callable[[], Awaitable[_T]]) -> _T:
     return await step()

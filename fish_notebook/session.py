@@ -28,12 +28,19 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 from . import _loop
 from .audio import AudioDecoder, PcmDecoder, format_decoder, pcm_duration, save_audio
-from .client import AsyncRealtimeClient, AsyncRealtimeStream, StreamState, build_request
+from .client import (
+    AsyncRealtimeClient,
+    AsyncRealtimeStream,
+    StreamState,
+    TimedWord,
+    WordTimeline,
+    build_request,
+)
 from .errors import SessionStateError, StreamTimeout, ValidationError
 from .protocol import AudioEvent, FlushEvent, LogEvent, TextEvent, TTSRequest
 from .sources import iter_audio
 
-__all__ = ["Playback", "Session", "SessionListener", "SessionState"]
+__all__ = ["Playback", "Session", "SessionListener", "SessionState", "subtitles"]
 
 logger = logging.getLogger("fish_notebook.session")
 
@@ -44,7 +51,15 @@ METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
 
 
 class SessionListener(Protocol):
-    """What a session tells its listeners. Called on the IO thread, in event order."""
+    """What a session tells its listeners. Called on the IO thread, in event order.
+
+    A listener may also have ``on_words(words: list[TimedWord])`` (optional, looked up
+    with getattr): called, for a session with ``timestamps=True``, right after the
+    ``on_audio`` of a chunk with the words that chunk placed, in seconds on the session's
+    audio timeline (0 = the first sample of chunk 0; the concatenated ``on_audio`` PCM at
+    ``sample_rate``). Each call adds to the ones before; replay sends all words so far in
+    one call, after the replayed audio.
+    """
 
     def on_text(self, text: str) -> None: ...
     def on_flush(self) -> None: ...
@@ -67,6 +82,9 @@ class Session:
             ``sample_rate``, ``config``...); ``format`` only chooses how ``save`` writes a
             path without suffix: the wire format is always pcm.
         start: begin streaming now (default). Otherwise call :meth:`start`.
+        timestamps: ask for word timestamps (``/v1/tts/live/with-timestamp``): then
+            :attr:`words` fills as audio arrives, listeners with ``on_words`` hear of each
+            word, and :meth:`save` also writes ``.vtt`` and ``.srt`` subtitles.
     """
 
     def __init__(
@@ -81,6 +99,7 @@ class Session:
         format: str | None = None,
         config: Any = None,
         start: bool = True,
+        timestamps: bool = False,
         **options: Any,
     ) -> None:
         request = build_request(config, **options)
@@ -89,6 +108,7 @@ class Session:
         self._model = model
         self._source = source
         self._setup(self.request.effective_sample_rate, save, format)
+        self.timestamps = timestamps
         self._decoder: AudioDecoder = PcmDecoder(self.sample_rate)
         if start:
             self.start()
@@ -120,6 +140,8 @@ class Session:
         self._flush_latencies: list[float] = []
         self._last_metrics_push = 0.0
         self._text_since_flush = False
+        self.timestamps = False
+        self._timeline = WordTimeline()
 
         self._stream: AsyncRealtimeStream | None = None
         self._task: asyncio.Task[None] | None = None
@@ -152,14 +174,21 @@ class Session:
     async def _drive(self) -> None:
         """Feed the source to the server and record what comes back."""
         feed = self._client.stream_events(
-            self._source, request=self.request, model=self._model, on_sent=self._on_sent
+            self._source,
+            request=self.request,
+            model=self._model,
+            timestamps=self.timestamps,
+            on_sent=self._on_sent,
         )
         async with feed as events:
             self._stream = feed.stream
             self._set_state("streaming")
             async for event in events:
                 if isinstance(event, AudioEvent):
+                    offset = self._pcm_seconds()  # where this event's audio starts
                     self._on_audio(event.audio)
+                    if event.alignment is not None:
+                        self._on_alignment(event, offset)
                 elif isinstance(event, LogEvent):
                     self._logs.append(event.message)
 
@@ -329,14 +358,34 @@ class Session:
                 "sample_rate": self.sample_rate,
             }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the audio so far to ``path``: ``.wav`` (exact samples) or ``.mp3``.
+    @property
+    def words(self) -> list[TimedWord]:
+        """Words heard so far, as ``(text, start, end)`` in seconds on the audio timeline
+        (:class:`~fish_notebook.client.TimedWord`); empty unless ``timestamps=True``.
+        In order, never overlapping; punctuation stays with its word."""
+        with self._lock:
+            return list(self._timeline.words)
 
-        A path without a suffix gets the session's ``format`` (wav unless told).
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the audio so far to ``path``: ``.wav`` (exact samples) or ``.mp3``; or the
+        words so far as subtitles: ``.vtt`` (WebVTT) or ``.srt`` (SubRip), in short phrases.
+
+        A path without a suffix gets the session's ``format`` (wav unless told). Subtitles
+        need ``timestamps=True`` (SessionStateError otherwise).
         """
         target = Path(path)
         if not target.suffix:
             target = target.with_suffix("." + self._save_format)
+        kind = target.suffix.lower()
+        if kind in (".vtt", ".srt"):
+            if not self.timestamps:
+                raise SessionStateError(
+                    f"cannot write {target.name}: this session has no word timestamps; "
+                    "create it with timestamps=True"
+                )
+            text = subtitles(self.words, "vtt" if kind == ".vtt" else "srt")
+            target.write_text(text, encoding="utf-8")
+            return target
         return save_audio(target, self.audio, self.sample_rate)
 
     def __repr__(self) -> str:
@@ -355,6 +404,9 @@ class Session:
                     )
                 for seq, chunk in enumerate(self._chunks):
                     self._call(listener.on_audio, chunk, seq)
+                on_words = getattr(listener, "on_words", None)
+                if on_words is not None and self._timeline.words:
+                    self._call(on_words, list(self._timeline.words))
                 self._call(listener.on_state, self._state, self._error_text())
                 self._call(listener.on_metrics, self.metrics)
             self._listeners.append(listener)
@@ -366,6 +418,13 @@ class Session:
     def _emit(self, name: str, *args: Any) -> None:
         for listener in list(self._listeners):
             self._call(getattr(listener, name), *args)
+
+    def _emit_optional(self, name: str, *args: Any) -> None:
+        """Tell the listeners that have ``name``; the others never hear of it."""
+        for listener in list(self._listeners):
+            method = getattr(listener, name, None)
+            if method is not None:
+                self._call(method, *args)
 
     @staticmethod
     def _call(method: Callable[..., None], *args: Any) -> None:
@@ -399,6 +458,18 @@ class Session:
         pcm = self._decoder.feed(data)
         if pcm:
             self._record_pcm(pcm)
+
+    def _pcm_seconds(self) -> float:
+        with self._lock:
+            return len(self._pcm) // 2 / self.sample_rate
+
+    def _on_alignment(self, event: AudioEvent, offset: float) -> None:
+        # Words sit where their audio starts in what this session received (the player's
+        # timeline), whatever offset the server counted.
+        with self._lock:
+            placed = self._timeline.add(event, offset)
+            if placed:
+                self._emit_optional("on_words", placed)
 
     def _record_pcm(self, pcm: bytes) -> None:
         now = time.perf_counter()
@@ -479,3 +550,58 @@ class Playback(Session):
 
     def flush(self) -> None:
         """Nothing to flush: the audio is already made."""
+
+
+# --- subtitles -------------------------------------------------------------------------------
+
+CUE_MAX_WORDS = 8  # a cue is a short phrase: at most this many words,
+CUE_MAX_CHARS = 42  # this many characters (a common subtitle line length),
+CUE_MAX_SECONDS = 5.0  # and this long; a sentence end or a pause also closes it
+CUE_PAUSE = 0.6
+
+
+def subtitles(words: list[TimedWord], kind: Literal["vtt", "srt"]) -> str:
+    """WebVTT or SubRip text for ``words`` (in order, not overlapping), in short phrases.
+
+    A cue closes after a sentence end (``. ! ? …``), before a pause of ``CUE_PAUSE``
+    seconds, or when it would exceed ``CUE_MAX_WORDS`` words, ``CUE_MAX_CHARS`` characters
+    or ``CUE_MAX_SECONDS``. Every cue lasts at least a millisecond and none overlap.
+    """
+    cues: list[list[TimedWord]] = []
+    for word in words:
+        if cues and not _closes(cues[-1], word):
+            cues[-1].append(word)
+        else:
+            cues.append([word])
+    out = ["WEBVTT", ""] if kind == "vtt" else []
+    last_end = 0
+    for number, cue in enumerate(cues, 1):
+        start = max(round(cue[0].start * 1000), last_end)
+        end = max(round(cue[-1].end * 1000), start + 1)
+        last_end = end
+        text = " ".join(" ".join(w.text.split()) for w in cue)
+        if kind == "vtt":
+            text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            out += [f"{_clock(start, '.')} --> {_clock(end, '.')}", text, ""]
+        else:
+            out += [str(number), f"{_clock(start, ',')} --> {_clock(end, ',')}", text, ""]
+    return "\n".join(out)
+
+
+def _closes(cue: list[TimedWord], word: TimedWord) -> bool:
+    last = cue[-1]
+    chars = sum(len(w.text) + 1 for w in cue) + len(word.text)
+    return (
+        last.text.rstrip("\"')”’»]").endswith((".", "!", "?", "…"))
+        or word.start - last.end >= CUE_PAUSE
+        or len(cue) >= CUE_MAX_WORDS
+        or chars > CUE_MAX_CHARS
+        or word.end - cue[0].start > CUE_MAX_SECONDS
+    )
+
+
+def _clock(ms: int, separator: str) -> str:
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"
