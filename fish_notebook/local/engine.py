@@ -194,6 +194,9 @@ _loading_lock = threading.Lock()
 
 def _load(name: str, model: Path, config: Path, *, alignment: bool) -> Voice:
     key = (name, model.resolve(), alignment)
+    voice = _loaded.get(key)
+    if voice is not None:  # loaded: no wait behind another voice that is loading now
+        return voice
     with _loading_lock:  # one load per file even when two sessions ask at once
         voice = _loaded.get(key)
         if voice is None:
