@@ -55,12 +55,8 @@ def type_into(panel: SpeakPanel, text: str) -> None:
 def record_of(server: ThreadedServer, panel: SpeakPanel, index: int = -1) -> SessionRecord:
     """The server's record of one of the panel's sessions, once it closed."""
     assert server.recorder is not None
-    session = panel.sessions[index]
-    first = session.text[0]
-    return server.recorder.wait_for(
-        lambda r: bool(received(r)) and received(r)[0] == first and len(received(r)) >= 1,
-        timeout=20,
-    )
+    sent = panel.sessions[index].text
+    return server.recorder.wait_for(lambda r: received(r)[: len(sent)] == sent, timeout=20)
 
 
 @pytest.fixture

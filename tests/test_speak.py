@@ -49,7 +49,7 @@ def test_speak_waits_and_applies_kernel_defaults(local_server: ThreadedServer) -
     """Defaults fill what a call leaves out; a call's own options win; wait=True blocks."""
     defaults.update(voice="en_US-joe-medium", latency="low", speed=1.2)
     session = speak(
-        ["Defaults ", "and ", "options ", "meet."],
+        ["Kernel ", "defaults ", "meet ", "options."],
         base_url=local_server.url,
         speed=0.9,
         display=False,
@@ -63,7 +63,10 @@ def test_speak_waits_and_applies_kernel_defaults(local_server: ThreadedServer) -
     assert pcm_rms(session.audio) > 300
     assert local_server.recorder is not None
     record = local_server.recorder.wait_for(
-        lambda r: "Defaults " in [getattr(f.event, "text", None) for f in r.received]
+        lambda r: (
+            [getattr(f.event, "text", None) for f in r.received_named("text")]
+            == ["Kernel ", "defaults ", "meet ", "options."]
+        )
     )
     assert pcm_duration(record.audio, 44100) == pytest.approx(session.duration)
 
