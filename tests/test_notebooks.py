@@ -181,6 +181,7 @@ def test_demo_script_serves_the_quickstart_with_a_token(tmp_path: Path) -> None:
     """`make demo`'s script starts JupyterLab on loopback and prints a working URL and token."""
     env = {
         "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),  # the demo writes its Lab log there
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "JUPYTER_DATA_DIR": str(tmp_path / "data"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
