@@ -17,6 +17,8 @@
 
 /** Seconds of audio queued before the first chunk starts: absorbs arrival jitter. */
 const JITTER_S = 0.06;
+/** After an underrun the queue restarts deeper, doubling up to this (a stuttering source). */
+const MAX_JITTER_S = 0.24;
 /** A chunk due less than this far ahead of the audio clock counts as late (an underrun). */
 const LATE_MARGIN_S = 0.003;
 /** Samples per waveform bin. */
@@ -160,6 +162,8 @@ class Store {
     /** next seq to schedule, and where it starts on the audio clock */
     this.nextSeq = 0;
     this.nextTime = 0;
+    /** the current jitter buffer, seconds */
+    this.jitter = JITTER_S;
     /** the kernel answered a replay-request: it is alive */
     this.live = false;
     /** a view of this model was rendered at least once */
@@ -175,6 +179,7 @@ class Store {
       starts: /** @type {number[]} */ ([]),
       gaps: /** @type {number[]} */ ([]),
       latencies_ms: /** @type {number[]} */ ([]),
+      underrun_late_ms: /** @type {number[]} */ ([]),
       arrivals_ms: /** @type {number[]} */ ([]),
       underruns: 0,
       scheduled: 0,
@@ -336,11 +341,14 @@ class Store {
     const first = this.scheduled.length === 0;
     let start = this.nextTime;
     if (first) {
-      start = now + JITTER_S;
+      this.jitter = JITTER_S;
+      start = now + this.jitter;
       this.stats.runs += 1;
     } else if (start < now + LATE_MARGIN_S) {
-      start = now + JITTER_S;
+      this.jitter = Math.min(MAX_JITTER_S, this.jitter * 2);
       this.stats.underruns += 1;
+      this.detail("underrun_late_ms", round((now - start) * 1000, 1));
+      start = now + this.jitter;
     }
     const length = chunk.pcm.length - skip;
     if (length <= 0) return;
@@ -374,7 +382,7 @@ class Store {
 
   /**
    * Append to a per-chunk detail list of the stats, up to MAX_DETAIL entries.
-   * @param {"seqs_received" | "arrivals_ms" | "gaps" | "scheduled_seqs" | "starts" | "latencies_ms"} name
+   * @param {"seqs_received" | "arrivals_ms" | "gaps" | "scheduled_seqs" | "starts" | "latencies_ms" | "underrun_late_ms"} name
    * @param {number} value
    */
   detail(name, value) {
