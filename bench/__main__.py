@@ -1,0 +1,395 @@
+"""``python -m bench``: run every benchmark row, print the table, save it as JSON.
+
+``--quick`` runs fewer repeats and skips the sync-face rows, the what-if rows and the
+profiles (well under a minute); the full run takes a few minutes. ``--rows 1,4`` runs a
+subset. Results go to ``bench/results/<timestamp>.json`` and ``latest.json`` (plus
+``latest.md``, the table as Markdown, and the profiles as ``<timestamp>.profile-rowN.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .common import RESULTS_DIR, Row, child_server, machine, markdown_table, table_lines
+
+
+@dataclass(frozen=True)
+class Plan:
+    ttfa_repeats: int
+    sync_faces: bool
+    what_if: bool
+    notebook_repeats: int
+    frame_repeats: int
+    frames: int
+    paced_frames: int
+    flush_repeats: int
+    levels: tuple[int, ...]
+    must_try: int
+    sentences: int
+    lone_rounds: int
+    mp3_seconds: float
+    what_if_repeats: int
+    profiles: bool
+
+
+FULL = Plan(5, True, True, 3, 3, 5000, 300, 9, (1, 2, 4, 8, 12, 16), 8, 4, 3, 30.0, 5, True)
+QUICK = Plan(2, False, False, 1, 1, 2000, 150, 3, (1, 2, 4, 8), 2, 2, 2, 5.0, 0, False)
+
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "mp3")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no profiles")
+    parser.add_argument("--rows", default=",".join(ALL_ROWS), help="comma list, e.g. 1,4")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiles")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    wanted = set(args.rows.split(","))
+    started = time.perf_counter()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    rows: list[Row] = []
+    timings: dict[str, float] = {}
+
+    def run(label: str, fn: Callable[[], list[Row]]) -> None:
+        began = time.perf_counter()
+        print(f"[bench] {label} ...", file=sys.stderr, flush=True)
+        try:
+            rows.extend(fn())
+        except Exception as exc:  # one broken row must not hide the others
+            traceback.print_exc()
+            rows.append(Row(label.split()[1], label, "", "", "", note=f"FAILED: {exc!r}"))
+        timings[label] = time.perf_counter() - began
+        print(f"[bench] {label}: {timings[label]:.1f} s", file=sys.stderr, flush=True)
+
+    info = machine()
+    payloads: list[bytes] = []
+    from . import capacity, frames, latency, memory
+    from .proxy import DelayProxy
+
+    needs_server = wanted & {"1", "2", "3", "4", "6", "7"}
+    with child_server() if needs_server else _nothing() as server:
+        if "1" in wanted:
+            run(
+                "row 1 (TTFA, direct)",
+                lambda: latency.ttfa_rows(
+                    "1", "direct", server.url, plan.ttfa_repeats, sync=plan.sync_faces, goal=1.0
+                ),
+            )
+        port = int(server.url.rsplit(":", 1)[1]) if server else 0
+        with DelayProxy(port, 0.05) if "2" in wanted else _nothing() as proxy:
+            proxy_url = f"ws://127.0.0.1:{proxy.port}" if proxy else None
+            if proxy_url is not None:
+                run(
+                    "row 2 (TTFA, 100 ms RTT proxy)",
+                    lambda: latency.ttfa_rows(
+                        "2",
+                        "+100 ms RTT",
+                        proxy_url,
+                        plan.ttfa_repeats,
+                        sync=plan.sync_faces,
+                        goal=0.8,
+                        warm="1" not in wanted,  # row 1 warmed both clients already
+                    ),
+                )
+            if "3" in wanted:
+                run(
+                    "row 3 (first sound in notebook)",
+                    lambda: [latency.notebook_row(server.url, plan.notebook_repeats)],
+                )
+            if plan.what_if and wanted & {"1", "2", "3"}:
+                run(
+                    "row 1w-3w (what-if: changes measured before they are made)",
+                    lambda: what_if_rows(server.url, proxy_url, plan),
+                )
+        if wanted & {"4", "7"}:
+            payloads[:] = asyncio.run(frames.record_payloads(server.url))
+            with frames.replay_server(payloads) as replay:
+                if "4" in wanted:
+                    run(
+                        "row 4 (client cost per frame)",
+                        lambda: frames.frame_rows(
+                            replay, plan.frame_repeats, plan.frames, plan.paced_frames
+                        ),
+                    )
+                if "7" in wanted:
+                    run(
+                        "row 7 (memory)",
+                        lambda: memory.memory_rows(replay, server.url, server.pid, args.quick),
+                    )
+        if "6" in wanted:
+            run(
+                "row 6 (concurrent sessions)",
+                lambda: [
+                    capacity.concurrency_row(
+                        server.url,
+                        list(plan.levels),
+                        plan.sentences,
+                        plan.must_try,
+                        plan.lone_rounds,
+                    )
+                ],
+            )
+    if "5" in wanted:
+        run("row 5 (server flush vs raw Piper)", lambda: [capacity.flush_row(plan.flush_repeats)])
+    if "8" in wanted:
+        run("row 8 (browser)", browser_rows)
+    if "mp3" in wanted:
+        run("row mp3 (decode)", lambda: mp3_rows(plan.mp3_seconds, 1 if args.quick else 3))
+
+    rows.sort(key=lambda row: _order(row.id))
+    lines = table_lines(rows)
+    for row in rows:
+        lines.extend(row.extra.get("detail", []))
+    print()
+    print("\n".join(lines))
+    elapsed = time.perf_counter() - started
+    print(f"\n{len(rows)} rows in {elapsed:.0f} s ({'quick' if args.quick else 'full'} run)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "timestamp": stamp,
+        "quick": args.quick,
+        "machine": info,
+        "elapsed_s": elapsed,
+        "row_seconds": timings,
+        "load_average_at_end": os.getloadavg(),
+        "rows": [row.to_json() for row in rows],
+    }
+    text = json.dumps(result, indent=1, default=float) + "\n"
+    (args.out / f"{stamp}.json").write_text(text)
+    (args.out / "latest.json").write_text(text)
+    (args.out / "latest.md").write_text(
+        f"Benchmark {stamp} ({'quick' if args.quick else 'full'}), {info['cpu']}, "
+        f"{info['cores']} cores, Python {info['python']}\n\n" + markdown_table(rows)
+    )
+    print(f"saved {args.out / f'{stamp}.json'}")
+
+    if plan.profiles and not args.no_profile:
+        write_profiles(args.out, stamp, wanted, payloads)
+    return 0
+
+
+def write_profiles(out: Path, stamp: str, wanted: set[str], payloads: list[bytes]) -> None:
+    """Profiles of rows 1, 4 and 5 beside the results (each section in a fresh process)."""
+    import msgpack
+
+    from .profiles import profile_row
+
+    with tempfile.TemporaryDirectory() as folder:
+        frames_file = Path(folder) / "frames.msgpack"
+        frames_file.write_bytes(msgpack.packb(payloads))
+        for row_id in ("1", "4", "5"):
+            if row_id not in wanted or (row_id == "4" and not payloads):
+                continue
+            target = out / f"{stamp}.profile-row{row_id}.txt"
+            print(f"[bench] profiling row {row_id} ...", file=sys.stderr, flush=True)
+            try:
+                profile_row(row_id, target, frames_file)
+                shutil.copyfile(target, out / f"latest.profile-row{row_id}.txt")
+                print(f"saved {target}")
+            except Exception as exc:
+                print(f"profile of row {row_id} failed: {exc!r}", file=sys.stderr)
+
+
+def _order(row_id: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in row_id if ch.isdigit())
+    if not digits or not row_id[0].isdigit():
+        return (99, row_id)
+    return (int(digits), row_id.replace("w", "z"))
+
+
+class _nothing:
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def what_if_rows(url: str, proxy_url: str | None, plan: Plan) -> list[Row]:
+    """Rows 1a, 2a and 3 again with changes not made yet, to measure them before making them.
+
+    ``flush1``: the client flushes once, when its first sentence is complete (a client-side
+    change; works against any server). ``min0``: the request asks for
+    ``min_chunk_length=0`` (what a server that does not hold back a short first sentence
+    would do; the local voice speaks sentence by sentence anyway).
+    """
+    from . import latency
+    from .common import interleave
+
+    http_url = "http" + url[2:]
+    reps = plan.what_if_repeats
+    direct = interleave(
+        {
+            "flush1": lambda: latency.ours_async(url, first_flush=True).ttfa,
+            "min0": lambda: latency.ours_async(url, min_chunk_length=0).ttfa,
+            "sdk": lambda: latency.sdk_async(http_url).ttfa,
+        },
+        reps,
+    )
+    rows = [
+        Row(
+            "1w",
+            "what-if 1a: our client flushes its first complete sentence",
+            "ms",
+            "Fish SDK AsyncFishAudio (as row 1a)",
+            "<= 1.0x",
+            ours=direct["flush1"],
+            peer=direct["sdk"],
+            scale=1000,
+        ).finish(lambda ratio, _m: ratio is not None and ratio <= 1.0),
+        Row(
+            "1v",
+            "what-if 1a: request min_chunk_length=0 (server-side preview)",
+            "ms",
+            "Fish SDK AsyncFishAudio (as row 1a)",
+            "info",
+            ours=direct["min0"],
+            peer=direct["sdk"],
+            scale=1000,
+        ).finish(None),
+    ]
+    if proxy_url is not None:
+        proxied = interleave(
+            {
+                "flush1": lambda: latency.ours_async(proxy_url, first_flush=True).ttfa,
+                "sdk": lambda: latency.sdk_async("http" + proxy_url[2:]).ttfa,
+            },
+            reps,
+        )
+        rows.append(
+            Row(
+                "2w",
+                "what-if 2a: our client flushes its first complete sentence",
+                "ms",
+                "Fish SDK AsyncFishAudio through the same proxy (as row 2a)",
+                "<= 0.8x",
+                ours=proxied["flush1"],
+                peer=proxied["sdk"],
+                scale=1000,
+            ).finish(lambda ratio, _m: ratio is not None and ratio <= 0.8)
+        )
+    notebook = interleave(
+        {
+            "flush1": lambda: latency.session_first_sound(url, first_flush=True),
+            "default": lambda: latency.session_first_sound(url),
+        },
+        plan.notebook_repeats,
+    )
+    rows.append(
+        Row(
+            "3w",
+            "what-if 3: Session whose client flushes its first complete sentence",
+            "ms",
+            "the same Session as row 3 (x row 3's ratio = the new row 3)",
+            "info",
+            ours=notebook["flush1"],
+            peer=notebook["default"],
+            scale=1000,
+        ).finish(None)
+    )
+    return rows
+
+
+BROWSER_METRICS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser_metrics.json"
+
+
+def browser_rows() -> list[Row]:
+    """Row 8: what the browser suite measured, if it left its figures."""
+    from .common import not_measured
+
+    title = "browser: first chunk reaching the page -> its scheduled start"
+    if not BROWSER_METRICS.is_file():
+        return [
+            not_measured(
+                "8", title, "<= 50 ms; 0 underruns", "", "no test-artifacts/browser_metrics.json"
+            )
+        ]
+    data = json.loads(BROWSER_METRICS.read_text())
+    latencies = [float(x) for x in data.get("arrival_to_start_ms", [])]
+    start = Row("8a", title, "ms", "", "<= 50 ms", ours=latencies).finish(
+        lambda _r, median: median is not None and median <= 50
+    )
+    underruns = [float(data.get("underruns_1x", 0)), float(data.get("underruns_2x", 0))]
+    runs = Row(
+        "8b",
+        "browser: underruns at 1x and 2x arrival speed (max of the two)",
+        "underruns",
+        "",
+        "0",
+        ours=[max(underruns)],
+        note=f"underruns 1x={underruns[0]:.0f}, 2x={underruns[1]:.0f} (from the browser suite)",
+    ).finish(lambda _r, median: median == 0)
+    return [start, runs]
+
+
+def mp3_rows(seconds: float, repeats: int) -> list[Row]:
+    """Kernel-side MP3 decoding, from bench/mp3_decode.py (another helper's bench), as a row.
+
+    The Fish SDK's default stream (44.1 kHz, 128 kbit/s) fed in 4 KiB chunks to
+    ``Mp3StreamDecoder``, against miniaudio decoding the whole file at once.
+    """
+    from .common import not_measured
+
+    title = "kernel mp3 decode speed, 44.1k/128k in 4 KiB chunks"
+    try:
+        from fish_notebook.audio import Mp3StreamDecoder, encode_mp3
+
+        from . import mp3_decode as m
+    except ImportError as exc:
+        return [not_measured("mp3", title, "info", "", f"cannot import it: {exc}")]
+    rate = 44100
+    pcm = m.test_signal(seconds, rate)
+    mp3 = encode_mp3(pcm, rate, bitrate=128)
+    ends = m.mp3_frame_ends(mp3)
+    audio_s = sum(n for _, n in ends) / rate
+
+    def available(fed: int) -> float:
+        return sum(n for end, n in ends if end <= fed) / rate
+
+    runs = [
+        m.run_decoder(
+            "mp3",
+            "4 KiB",
+            lambda: Mp3StreamDecoder(rate),
+            m.chunked(mp3, 4096),
+            audio_s,
+            rate,
+            available,
+        )
+        for _ in range(repeats)
+    ]
+    whole = [m.whole_file_speed(mp3, rate, audio_s) for _ in range(repeats)]
+    feed_ms = [x for run in runs for x in run.feed_ms]
+    row = Row(
+        "mp3",
+        title,
+        "x realtime",
+        "miniaudio.decode of the whole file (not streaming)",
+        "info",
+        ours=[run.speed for run in runs],
+        peer=whole,
+        note=f"median feed() {statistics.median(feed_ms):.3f} ms per 4 KiB chunk "
+        f"(256 ms of audio); bench/mp3_decode.py has the full table",
+    ).finish(None)
+    return [row]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
