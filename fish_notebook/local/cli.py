@@ -85,16 +85,14 @@ def serve_main(argv: Sequence[str] | None = None, *, prog: str | None = None) ->
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
     )
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    if not is_loopback(args.host) and token is None:
-        if not args.insecure:
-            print(
-                f"error: refusing to serve on {args.host} without a token: anyone who can "
-                "reach it could use it. Pass --token (or set "
-                f"{TOKEN_ENV}), or --insecure if you mean it.",
-                file=sys.stderr,
-            )
-            return 2
-        logger.warning("serving on %s with no token: anyone who can reach it can use it", args.host)
+    if not is_loopback(args.host) and token is None and not args.insecure:
+        print(
+            f"error: refusing to serve on {args.host} without a token: anyone who can "
+            "reach it could use it. Pass --token (or set "
+            f"{TOKEN_ENV}), or --insecure if you mean it.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         server = LocalServer(
             args.host,

@@ -78,6 +78,7 @@ from ..protocol import (
 from .chunker import TextChunker
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
 from .engine import SpeechChunk, Voice, VoiceLibrary
+from .logs import RedactingLogger
 from .recorder import Recorder, SessionRecord
 from .timing import WordPlan, cut_at_words
 
@@ -237,9 +238,15 @@ class LocalServer:
             max_size=self.max_frame_size,
             max_queue=8,
             server_header=None,
+            # websockets logs request headers at DEBUG: never a token or a client's key.
+            logger=RedactingLogger(logging.getLogger("websockets.server"), self._token),
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         logger.info("serving %s%s", self.url, LIVE_PATH)
+        if not is_loopback(self.host) and self._token is None:
+            logger.warning(
+                "serving on %s with no token: anyone who can reach it can use it", self.host
+            )
         return self
 
     async def close(self) -> None:
