@@ -95,6 +95,11 @@ MAX_AUDIO_PAYLOAD = 32 * 1024
 #: Longest ``log`` / ``finish`` message. Messages quote what the client sent (an unknown
 #: event name, a bad value): clipped, they cannot outgrow the SDK's 64 KiB or flood the log.
 MAX_MESSAGE = 1000
+#: Most characters handed to the voice at once. The chunker keeps one "word" whole however
+#: long it is, but Piper's time and memory grow faster than its length (10,000 characters
+#: without a space: 17 s, 30,000: 2 min, in one go) and a synthesis stops only between
+#: pieces, even when its client has gone.
+MAX_PIECE = 600
 
 
 def is_loopback(host: str) -> bool:
@@ -370,6 +375,17 @@ def _clipped(message: str, limit: int = MAX_MESSAGE) -> str:
     return message[: limit - tail - len(marker)] + marker + message[-tail:]
 
 
+def _bounded(text: str, limit: int = MAX_PIECE) -> list[str]:
+    """``text`` in parts of at most ``limit`` characters, cut at a space where there is one."""
+    parts = []
+    while len(text) > limit:
+        cut = text.rfind(" ", 1, limit + 1)
+        cut = cut if cut > 0 else limit
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    return [*parts, text] if text else parts
+
+
 def _speakable(text: str) -> str:
     """Text with control characters (other than whitespace) removed, stripped."""
     return "".join(
@@ -534,8 +550,7 @@ class _Session:
 
     def _queue(self, pieces: list[str]) -> None:
         for piece in pieces:
-            text = _speakable(piece)
-            if text:
+            for text in _bounded(_speakable(piece)):
                 self.pending_chars += len(text)
                 self.work.put_nowait(text)
 

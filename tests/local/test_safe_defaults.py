@@ -27,6 +27,7 @@ from websockets.exceptions import InvalidStatus
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.cli import READY_PREFIX, TOKEN_ENV, build_parser, serve_main
 from fish_notebook.local.logs import REDACTED, RedactingLogger
+from fish_notebook.local.server import MAX_PIECE
 
 TOKEN = "tok-3f9c2e71-server"
 CLIENT_KEY = "sk-live-5d1a08bb-client"  # a cloud key sent to the local server by mistake
@@ -184,6 +185,24 @@ async def test_text_over_200000_characters_ends_the_session(
     assert out.finish is not None and out.finish["reason"] == "error"
     assert "more than 200000 characters" in out.finish["message"]
     assert out.audio == b""
+
+
+async def test_a_giant_word_goes_to_the_voice_in_bounded_pieces(
+    default_server: ThreadedServer,
+) -> None:
+    """20,000 characters without a space reach the voice at most MAX_PIECE at a time (in
+    one go Piper would need minutes, uncancellable), and leaving stops the rest."""
+    assert default_server.recorder is not None
+    default_server.recorder.clear()
+    word = "abcdefghij" * 2_000
+    async with connect(default_server.url + LIVE) as ws:
+        for item in (start(format="pcm"), text(word), FLUSH):
+            await ws.send(item)
+        assert (await next_event(ws, timeout=60))["event"] == "audio"
+    record = await default_server.recorder.await_for(timeout=30)
+    assert record.spoken and all(len(piece) <= MAX_PIECE for piece in record.spoken)
+    assert word.startswith("".join(record.spoken))
+    assert len(record.spoken) < len(word) // MAX_PIECE  # the client left: the rest was dropped
 
 
 # --- idle sessions --------------------------------------------------------------------------------
