@@ -24,7 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS_DIR, Row, child_server, machine, markdown_table, table_lines
+from .common import (
+    RESULTS_DIR,
+    Row,
+    child_server,
+    code_state,
+    machine,
+    markdown_table,
+    table_lines,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {label}: {timings[label]:.1f} s", file=sys.stderr, flush=True)
 
     info = machine()
+    code = code_state()
     payloads: list[bytes] = []
     from . import capacity, frames, latency, memory
     from .proxy import DelayProxy
@@ -166,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "quick": args.quick,
         "machine": info,
+        "code": code,
         "elapsed_s": elapsed,
         "row_seconds": timings,
         "load_average_at_end": os.getloadavg(),
@@ -176,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(text)
     (args.out / "latest.md").write_text(
         f"Benchmark {stamp} ({'quick' if args.quick else 'full'}), {info['cpu']}, "
-        f"{info['cores']} cores, Python {info['python']}\n\n" + markdown_table(rows)
+        f"{info['cores']} cores, Python {info['python']}, code at {code['commit']}"
+        + (" with uncommitted package changes" if code["uncommitted"] else "")
+        + "\n\n"
+        + markdown_table(rows)
     )
     print(f"saved {args.out / f'{stamp}.json'}")
 

@@ -227,6 +227,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def code_state() -> dict[str, Any]:
+    """The commit measured, and package files changed but not committed at the time."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.rstrip("\n")
+
+    try:
+        return {
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted": git("status", "--porcelain", "--", "fish_notebook").splitlines(),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "uncommitted": []}
+
+
 # --- paced token streams anchored at the caller's start --------------------------------------
 # fish_notebook.sources.paced starts its clock at its first next(); the SDK pulls the source
 # only after its handshake, so that would hand the SDK a later clock. These start at ``t0``,
