@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -492,7 +493,7 @@ class AsyncRealtimeStream:
             else:
                 wait = 1.0
             try:
-                return await asyncio.wait_for(self._ws.recv(), wait)
+                return await _recv_within(self._ws, wait)
             except TimeoutError:
                 continue
             except ConnectionClosed as exc:
@@ -971,3 +972,15 @@ def _iterate_in_background(agen: AsyncIterator[_T]) -> Iterator[_T]:
 
 async def _next(step: Callable[[], Awaitable[_T]]) -> _T:
     return await step()
+
+
+async def _recv_within(ws: ClientConnection, seconds: float) -> bytes | str:
+    """``ws.recv()`` bounded by ``seconds``; TimeoutError when they run out.
+
+    ``asyncio.timeout`` where it exists: it creates no task per frame, and unlike 3.11's
+    ``wait_for`` it never swallows a cancellation that lands as ``recv()`` completes.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await ws.recv()
+    return await asyncio.wait_for(ws.recv(), seconds)  # pragma: no cover - Python 3.10

@@ -166,6 +166,9 @@ class Session:
         except asyncio.CancelledError:
             self._finish("stopped")
         except BaseException as exc:
+            if self._stop_requested and isinstance(exc, Exception):
+                self._finish("stopped")  # the socket closed because we closed it
+                return
             self.error = exc
             self._finish("failed")
             if not isinstance(exc, Exception):
@@ -191,6 +194,8 @@ class Session:
                         self._on_alignment(event, offset)
                 elif isinstance(event, LogEvent):
                     self._logs.append(event.message)
+                if self._stop_requested:
+                    break
 
     def _finish(self, state: SessionState) -> None:
         self._t_end = time.perf_counter()
@@ -240,10 +245,15 @@ class Session:
         loop = _loop.background_loop()
 
         def cancel() -> None:
+            # Three ways out, because one alone can be lost: Python 3.11's wait_for may
+            # swallow a cancel that lands as recv() completes. Closing the socket ends
+            # recv() for sure, and _drive checks the flag after every event.
             if self._task is not None and not self._task.done():
                 self._task.cancel()
             elif self._future is not None:
                 self._future.cancel()
+            if self._stream is not None:
+                loop.create_task(self._stream.aclose())
 
         loop.call_soon_threadsafe(cancel)
 

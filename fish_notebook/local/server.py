@@ -445,8 +445,12 @@ class _Session:
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
+                # Read every finished task's outcome before raising the first, so a second
+                # failure in the same step is not reported as "never retrieved".
+                errors = [task.exception() for task in done if not task.cancelled()]
+                for error in errors:
+                    if error is not None:
+                        raise error
         finally:
             self.cancelled = bool(pending)
             for task in pending:
