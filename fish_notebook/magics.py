@@ -235,7 +235,11 @@ def _speech_options(func: Callable[..., Any]) -> Callable[..., Any]:
         (("--latency",), {"choices": LATENCY_MODES, "help": "how eagerly to start speaking"}),
         (("--speed",), {"type": float, "help": "speaking rate, 0.5 to 2.0"}),
         (("--volume",), {"type": float, "metavar": "DB", "help": "loudness, -20 to 20 dB"}),
-        (("--save",), {"metavar": "PATH", "help": "write the audio to a .wav or .mp3 file"}),
+        (("--save",), {"metavar": "PATH", "help": "write the audio (.wav, .mp3, .vtt, .srt)"}),
+        (
+            ("--words",),
+            {"action": "store_true", "help": "word timings: the transcript lights up as heard"},
+        ),
         (("--wait",), {"action": "store_true", "help": "block until the audio is complete"}),
         (("--local",), {"action": "store_true", "help": "use the embedded local server"}),
         (("--cloud",), {"action": "store_true", "help": "use Fish Audio (needs FISH_API_KEY)"}),
@@ -370,6 +374,7 @@ class SpeakMagics(Magics):
                 backend=backends[0] if backends and backends[0] != "url" else None,
                 base_url=args.url,
                 display=not args.quiet,
+                timestamps=args.words,
             )
         except ValidationError as exc:
             raise UsageError(str(exc)) from None

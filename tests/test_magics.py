@@ -239,6 +239,17 @@ def test_line_magic_options_reach_the_server_and_save(
     assert kernel.value("[str(s_line.saved_path), s_line.state]") == ["line.wav", "finished"]
 
 
+def test_words_option_gives_word_timings_and_subtitles(
+    kernel: Kernel, local_server: ThreadedServer
+) -> None:
+    """--words asks the with-timestamp endpoint: the session has word times, saved as .vtt."""
+    kernel.ok("%speak --words --save words.vtt -o s_words --wait Words light up as spoken.")
+    words = kernel.value("[w.text for w in s_words.words]")
+    assert " ".join(words) == "Words light up as spoken."
+    vtt = (kernel.cwd / "words.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT") and "spoken." in vtt
+
+
 # --- generator bodies -------------------------------------------------------------------------
 
 
