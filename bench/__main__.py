@@ -3,7 +3,8 @@
 ``--quick`` runs fewer repeats and skips the sync-face rows, the what-if rows and the
 profiles (well under a minute); the full run takes a few minutes. ``--rows 1,4`` runs a
 subset. Results go to ``bench/results/<timestamp>.json`` and ``latest.json`` (plus
-``latest.md``, the table as Markdown, and the profiles as ``<timestamp>.profile-rowN.txt``).
+``latest.md``, the table as Markdown, and the profiles as ``<timestamp>.profile-rowN.txt``);
+quick runs write ``<timestamp>-quick.json``, ``latest-quick.json`` and ``latest-quick.md``.
 """
 
 from __future__ import annotations
@@ -182,16 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [row.to_json() for row in rows],
     }
     text = json.dumps(result, indent=1, default=float) + "\n"
-    (args.out / f"{stamp}.json").write_text(text)
-    (args.out / "latest.json").write_text(text)
-    (args.out / "latest.md").write_text(
+    # Quick runs never replace the full run's latest.* (the README's Performance table).
+    suffix = "-quick" if args.quick else ""
+    (args.out / f"{stamp}{suffix}.json").write_text(text)
+    (args.out / f"latest{suffix}.json").write_text(text)
+    (args.out / f"latest{suffix}.md").write_text(
         f"Benchmark {stamp} ({'quick' if args.quick else 'full'}), {info['cpu']}, "
         f"{info['cores']} cores, Python {info['python']}, code at {code['commit']}"
         + (" with uncommitted package changes" if code["uncommitted"] else "")
         + "\n\n"
         + markdown_table(rows)
     )
-    print(f"saved {args.out / f'{stamp}.json'}")
+    print(f"saved {args.out / f'{stamp}{suffix}.json'}")
 
     if plan.profiles and not args.no_profile:
         write_profiles(args.out, stamp, wanted, payloads)
