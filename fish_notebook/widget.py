@@ -10,12 +10,20 @@ What goes where, and why:
   a growing trait would be re-sent whole on every change.
 - Everything else a view needs (state, transcript with flush points, metrics, sample rate,
   error) lives in small synced traits, so a view opened late has it at once.
+- Words in time (a session with ``timestamps=True``) go as they come, right after the audio
+  they are heard in: ``{"kind": "words", "from": i, "words": [[text, start, end], ...]}``
+  (``from`` = the index of the first one), seconds on the recording's timeline (0 = the
+  first sample of chunk 0). They are not a trait, which would be re-sent whole as it grows:
+  a view that missed some gets them all in the inventory below, and indices make a word
+  that arrives twice land on the same place.
 - Messages sent before the browser loaded the widget code are lost, so the browser asks for
   the recording (``{"kind": "replay-request"}``) as soon as the model exists; the player
-  answers with the number of chunks recorded (``{"kind": "recording", "total": n}``), the
-  browser asks for the sequence numbers it lacks (``{"kind": "replay-request", "seqs": [...]}``)
-  and gets them (``{"kind": "replay", "seqs": [...]}`` + buffers). Sequence numbers make
-  the browser drop any chunk it already has, so nothing is duplicated or missed.
+  answers with the number of chunks recorded and every word so far
+  (``{"kind": "recording", "total": n, "first": bool, "words": [...]}``, no ``words`` when
+  there are none), the browser asks for the sequence numbers it lacks
+  (``{"kind": "replay-request", "seqs": [...]}``) and gets them
+  (``{"kind": "replay", "seqs": [...]}`` + buffers). Sequence numbers make the browser drop
+  any chunk it already has, so nothing is duplicated or missed.
 - Button clicks come back as ``{"kind": "flush"}`` and ``{"kind": "stop"}`` and are passed to
   the session (or to any object with ``flush()`` and ``stop()``).
 - The browser publishes what it did (chunks scheduled, gaps, underruns, latencies) in the
@@ -46,6 +54,7 @@ import traitlets
 from IPython.display import HTML, DisplayHandle, display
 
 from .audio import encode_mp3, wav_bytes
+from .client import TimedWord
 from .errors import FishNotebookError, MissingDependencyError, ValidationError
 
 __all__ = ["Controls", "Player", "display_player"]
@@ -139,6 +148,7 @@ class Player(anywidget.AnyWidget):
         self._lock = threading.Lock()
         self._chunks: list[bytes] = []
         self._chunk_chars: list[int] = []
+        self._words: list[TimedWord] = []
         self._text: list[str | None] = []
         self._chars = 0
         self._transcript_sent_at = 0.0
@@ -205,6 +215,12 @@ class Player(anywidget.AnyWidget):
         """The recording so far as a WAV file."""
         return wav_bytes(self.audio, self.sample_rate)
 
+    @property
+    def words(self) -> list[TimedWord]:
+        """The words in time received so far (empty unless the session has timestamps)."""
+        with self._lock:
+            return list(self._words)
+
     # -- SessionListener ---------------------------------------------------------------------
 
     def on_text(self, text: str) -> None:
@@ -246,8 +262,14 @@ class Player(anywidget.AnyWidget):
         """A chunk of 16-bit LE mono PCM arrived; it is sent to every view at once.
 
         ``seq`` is informational: the player numbers chunks in the order it receives them.
+        On the first chunk the player takes the attached session's ``sample_rate``: a stream
+        whose header names another rate than the one asked for (``play()`` of a WAV stream)
+        corrects it just before its first audio, and the browser must play at that rate.
         """
         pcm = bytes(pcm)
+        session = self._session
+        if session is not None and not self._chunks and session.sample_rate != self.sample_rate:
+            self.sample_rate = session.sample_rate  # reaches the page before the chunk
         with self._lock:
             seq = len(self._chunks)
             self._chunks.append(pcm)
@@ -255,6 +277,20 @@ class Player(anywidget.AnyWidget):
             chars = self._chars
         self.send({"kind": "audio", "seq": seq, "chars": chars}, buffers=[pcm])
         self.chunk_count = seq + 1
+
+    def on_words(self, words: list[TimedWord]) -> None:
+        """Words in time were placed (after the audio they are heard in); sent at once.
+
+        Each word is ``(text, start, end)`` in seconds on the recording's timeline; calls add
+        to the words before, in order.
+        """
+        placed = [TimedWord(str(w[0]), float(w[1]), float(w[2])) for w in words]
+        if not placed:
+            return
+        with self._lock:
+            first = len(self._words)
+            self._words.extend(placed)
+        self.send({"kind": "words", "from": first, "words": [list(w) for w in placed]})
 
     def on_state(self, state: str, error: str | None = None) -> None:
         """The session changed state; a terminal state publishes the static fallback."""
@@ -300,9 +336,13 @@ class Player(anywidget.AnyWidget):
         """
         with self._lock:
             total = len(self._chunks)
+            words = [list(w) for w in self._words]
             self._replays += 1
             first = self._replays == 1
-        self.send({"kind": "recording", "total": total, "first": first})
+        message: dict[str, Any] = {"kind": "recording", "total": total, "first": first}
+        if words:
+            message["words"] = words
+        self.send(message)
 
     def _send_chunks(self, seqs: list[int]) -> None:
         """Send the recorded chunks ``seqs`` in messages of at most about 1 MB of PCM."""

@@ -21,7 +21,11 @@ from comm.base_comm import BaseComm
 from IPython.display import DisplayHandle
 
 from fish_notebook import FlushEvent, Session
+from fish_notebook.audio import wav_bytes
+from fish_notebook.client import TimedWord
 from fish_notebook.errors import SessionStateError, ValidationError
+from fish_notebook.local import ThreadedServer
+from fish_notebook.session import Playback
 from fish_notebook.widget import Player, display_player
 from tests.wire_server import threaded_wire_server
 
@@ -313,3 +317,82 @@ def test_viewers_without_widgets_see_a_readable_placeholder() -> None:
     assert data["text/plain"] == "fish-notebook player (live when the notebook runs)"
     assert "application/vnd.jupyter.widget-view+json" in data
     assert repr(player) == "<Player idle audio=1.00s chunks=1>"
+
+
+def test_words_go_right_after_their_audio_with_their_index() -> None:
+    """on_words sends {kind: words, from, words} at once; `from` counts the words before."""
+    player = Player(sample_rate=24000)
+    player.on_audio(pcm(2400), 0)
+    player.on_words([TimedWord("Hello", 0.02, 0.3), TimedWord("there.", 0.33, 0.7)])
+    player.on_audio(pcm(2400), 1)
+    player.on_words([TimedWord("Bye", 0.75, 0.9)])
+    player.on_words([])
+    sent = [content for content, _ in comm_of(player).custom()]
+    assert sent == [
+        {"kind": "audio", "seq": 0, "chars": 0},
+        {"kind": "words", "from": 0, "words": [["Hello", 0.02, 0.3], ["there.", 0.33, 0.7]]},
+        {"kind": "audio", "seq": 1, "chars": 0},
+        {"kind": "words", "from": 2, "words": [["Bye", 0.75, 0.9]]},
+    ]
+    assert player.words == [("Hello", 0.02, 0.3), ("there.", 0.33, 0.7), ("Bye", 0.75, 0.9)]
+    assert "words" not in player.get_state()  # never a growing trait
+
+
+def test_the_inventory_carries_every_word_so_far() -> None:
+    """A view that missed live words gets them all with the chunk count."""
+    player = Player(sample_rate=24000)
+    player.on_audio(pcm(100), 0)
+    click(player, {"kind": "replay-request"})
+    player.on_words([TimedWord("One", 0.0, 0.1), TimedWord("two", 0.15, 0.3)])
+    comm_of(player).messages.clear()
+    click(player, {"kind": "replay-request"})
+    assert [content for content, _ in comm_of(player).custom()] == [
+        {
+            "kind": "recording",
+            "total": 1,
+            "first": False,
+            "words": [["One", 0.0, 0.1], ["two", 0.15, 0.3]],
+        }
+    ]
+
+
+def test_a_timestamped_session_gives_the_player_its_words(local_server: ThreadedServer) -> None:
+    """Attached live or after the end, the player holds the session's words, each sent once."""
+    session = Session("Hello there. Words in time.", base_url=local_server.url, timestamps=True)
+    live = Player(session)
+    session.wait(120)
+    late = Player(session)
+    assert len(session.words) >= 5
+    for player in (live, late):
+        assert player.words == session.words
+        sent = [c for c, _ in comm_of(player).custom() if c["kind"] == "words"]
+        assert [w for c in sent for w in c["words"]] == [list(w) for w in session.words]
+        assert [c["from"] for c in sent] == [
+            sum(len(c["words"]) for c in sent[:i]) for i in range(len(sent))
+        ]
+    (late_words,) = [c for c, _ in comm_of(late).custom() if c["kind"] == "words"]
+    assert late_words["from"] == 0
+
+
+def test_the_player_takes_the_rate_a_wav_header_gives_before_the_first_chunk() -> None:
+    """A WAV stream at 16 kHz played as if 24 kHz: the page hears 16 kHz before any audio."""
+    samples = pcm(8000, 300)
+    stream = [wav_bytes(samples, 16000)[:30], wav_bytes(samples, 16000)[30:]]
+    playback = Playback(iter(stream), format="wav", sample_rate=24000, start=False)
+    player = Player(playback)
+    assert player.sample_rate == 24000
+    playback.start().wait(20)
+    assert (playback.sample_rate, player.sample_rate) == (16000, 16000)
+    assert player.audio == samples
+    messages = comm_of(player).messages
+    rate_at = next(
+        i
+        for i, (kind, data, _) in enumerate(messages)
+        if kind == "comm_msg" and data.get("state", {}).get("sample_rate") == 16000
+    )
+    audio_at = next(
+        i
+        for i, (kind, data, _) in enumerate(messages)
+        if kind == "comm_msg" and data.get("content", {}).get("kind") == "audio"
+    )
+    assert rate_at < audio_at

@@ -10,13 +10,22 @@
 //   {kind: "audio", seq, chars}           + 1 buffer    (live)
 //   {kind: "recording", total, first}                    (answer to {kind: "replay-request"})
 //   {kind: "replay", seqs, chars}         + n buffers   (answer to {kind: "replay-request", seqs})
+//   {kind: "words", from, words}                        (live: words from index `from` on)
+// The inventory also carries every word so far (`words`). A word is [text, start, end] in
+// seconds on the recording's timeline (0 = the first sample of chunk 0): words arriving twice
+// land on the same index, so live words and the inventory never duplicate or leave a hole.
 // Chunks are kept by seq (duplicates dropped) and scheduled strictly in seq order, each one
 // starting exactly where the previous one ends. The handler is registered in `initialize`
 // (once per model, before any view renders) because messages sent before a handler exists
 // are dropped; the replay-request fills whatever was missed.
 
-/** Seconds of audio queued before the first chunk starts: absorbs arrival jitter. */
-const JITTER_S = 0.06;
+/**
+ * Seconds of audio queued before the first chunk starts: absorbs arrival jitter. Measured in
+ * headless Chromium with chunks paced from a kernel thread (tests/browser/test_player_feed.py):
+ * on a quiet machine consecutive chunks arrive within a few ms of their pace, so 30 ms keeps
+ * a first chunk's arrival-to-start under 50 ms; a longer stall is caught by the doubling below.
+ */
+const JITTER_S = 0.03;
 /** After an underrun the queue restarts deeper, doubling up to this (a stuttering source). */
 const MAX_JITTER_S = 0.24;
 /** A chunk due less than this far ahead of the audio clock counts as late (an underrun). */
@@ -33,6 +42,8 @@ const MAX_DETAIL = 1000;
 const ORPHAN_MS = 400;
 /** Characters per second of speech, to place the highlight while the stream is live. */
 const CHARS_PER_S = 14;
+/** A word of the timeline is looked for this far (characters) past the previous one's end. */
+const WORD_SEARCH = 120;
 const TERMINAL = new Set(["finished", "failed", "stopped"]);
 
 /**
@@ -55,6 +66,8 @@ const TERMINAL = new Set(["finished", "failed", "stopped"]);
  * }} Chunk
  *
  * @typedef {{ start: number, offset: number, length: number, node: AudioBufferSourceNode }} Scheduled
+ *
+ * @typedef {[string, number, number]} Word  text, start and end in seconds on the timeline
  */
 
 /** @type {Map<string, Store>} */
@@ -145,6 +158,12 @@ class Store {
     this.contiguous = 0;
     /** samples in the contiguous chunks */
     this.samples = 0;
+    /** @type {Word[]} words in time, sparse until filled, indexed by position in the timeline */
+    this.words = [];
+    /** number of words present from index 0 without a hole */
+    this.wordCount = 0;
+    /** the rate the audio context was asked for */
+    this.ctxRate = 0;
     /** @type {Set<View>} */
     this.views = new Set();
     /** @type {AudioContext | null} */
@@ -232,6 +251,7 @@ class Store {
     } else if (msg.kind === "recording") {
       // The kernel's inventory (answer to our replay-request): ask for what is missing.
       this.markLive();
+      if (Array.isArray(msg.words)) this.addWords(0, msg.words);
       const missing = [];
       for (let seq = 0; seq < msg.total; seq++) if (!this.chunks[seq]) missing.push(seq);
       if (missing.length) this.model.send({ kind: "replay-request", seqs: missing });
@@ -242,6 +262,10 @@ class Store {
     } else if (msg.kind === "replay") {
       const seqs = /** @type {number[]} */ (msg.seqs || []);
       seqs.forEach((seq, i) => this.add(seq, buffers[i], (msg.chars || [])[i] ?? 0, now));
+    } else if (msg.kind === "words" && Array.isArray(msg.words)) {
+      this.addWords(msg.from, msg.words);
+      this.changed();
+      return;
     } else {
       return;
     }
@@ -274,6 +298,39 @@ class Store {
     }
   }
 
+  /**
+   * Put `list` at indices `from`, `from + 1`, ...; words already there are kept.
+   * @param {number} from
+   * @param {any[]} list
+   */
+  addWords(from, list) {
+    if (!Number.isInteger(from) || from < 0) return;
+    list.forEach((word, i) => {
+      const ok = Array.isArray(word) && typeof word[0] === "string" && Number.isFinite(word[1]) && Number.isFinite(word[2]);
+      if (ok && !this.words[from + i]) this.words[from + i] = /** @type {Word} */ ([word[0], word[1], word[2]]);
+    });
+    while (this.words[this.wordCount]) this.wordCount += 1;
+  }
+
+  /**
+   * Which words are heard at `seconds` of the recording.
+   * @param {number} seconds
+   * @returns {{ heard: number, current: number }} how many words have started, and the word
+   *   being heard (its [start, end) holds `seconds`), -1 between words
+   */
+  wordsAt(seconds) {
+    let lo = 0;
+    let hi = this.wordCount;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.words[mid][1] <= seconds) lo = mid + 1;
+      else hi = mid;
+    }
+    const last = lo - 1;
+    const current = last >= 0 && seconds < this.words[last][2] ? last : -1;
+    return { heard: lo, current };
+  }
+
   markLive() {
     if (this.live) return;
     this.live = true;
@@ -294,7 +351,15 @@ class Store {
 
   /** @returns {AudioContext} */
   ensureContext() {
-    if (this.ctx && this.ctx.state !== "closed") return this.ctx;
+    const old = this.ctx;
+    if (old && old.state !== "closed") {
+      if (this.ctxRate === this.rate || this.scheduled.length) return old;
+      // The stream's rate changed before anything was scheduled (a WAV header said so):
+      // start over at the new rate, so chunks are not resampled and their edges meet exactly.
+      old.onstatechange = null;
+      old.close().catch(() => {});
+    }
+    this.ctxRate = this.rate;
     /** @type {AudioContext} */
     let ctx;
     try {
@@ -652,6 +717,20 @@ class View {
     }
     this.frame = 0;
     this.textKey = "";
+    /** @type {HTMLElement[][]} the span(s) of each word in time, by word index */
+    this.wordEls = [];
+    /** @type {HTMLElement[][]} the text before word j (and after the last word, at n) */
+    this.gapEls = [];
+    /** what the words show: how many have started, and the one being heard */
+    this.heard = -1;
+    this.current = -1;
+    // What the transcript's highlight follows, read now (for tests and tools: the audio
+    // clock, and the position in the recording it maps to through the scheduled chunks).
+    /** @type {any} */ (this.root).fishnbClock = () => ({
+      ctx_time: store.ctx ? store.ctx.currentTime : 0,
+      ctx_state: store.ctx ? store.ctx.state : "none",
+      position_s: store.position(),
+    });
     this.waveWindow = 5;
     this.resize = new ResizeObserver(() => this.requestDraw());
     this.resize.observe(this.canvas);
@@ -669,6 +748,12 @@ class View {
       const audio = store.samples / store.rate;
       const span = TERMINAL.has(store.status) ? audio : Math.max(audio, this.waveWindow);
       store.playFrom(((event.clientX - rect.left) / rect.width) * span);
+      return;
+    }
+    const word = /** @type {HTMLElement | null} */ (target.closest(".fishnb-word"));
+    if (word && this.root.contains(word)) {
+      const w = store.words[Number(word.dataset.w)];
+      if (w) store.playFrom(w[1]);
       return;
     }
     const button = target.closest("button");
@@ -784,6 +869,18 @@ class View {
   drawText(position) {
     const pieces = /** @type {Array<string | null>} */ (this.model.get("transcript") || []);
     const total = pieces.reduce((n, p) => n + (p ? p.length : 0), 0);
+    const store = this.store;
+    if (store.wordCount > 0) {
+      // Words in time: the exact word being heard, instead of an estimate.
+      const key = `words:${pieces.length}:${total}:${store.wordCount}`;
+      if (key !== this.textKey) {
+        this.textKey = key;
+        this.buildWords(pieces);
+      }
+      this.markWords(position);
+      return;
+    }
+    this.textEl.classList.remove("fishnb-timed");
     const spoken = this.store.spokenChars(position, total);
     const key = `${pieces.length}:${total}:${spoken}`;
     if (key === this.textKey) return;
@@ -798,10 +895,7 @@ class View {
     };
     for (const piece of pieces) {
       if (piece === null) {
-        const mark = document.createElement("span");
-        mark.className = "fishnb-flush";
-        mark.title = "flush point";
-        frag.appendChild(mark);
+        frag.appendChild(flushMark());
         continue;
       }
       const cut = Math.max(0, Math.min(piece.length, spoken - at));
@@ -811,6 +905,99 @@ class View {
     }
     this.textEl.replaceChildren(frag);
     this.textEl.hidden = pieces.length === 0;
+  }
+
+  /**
+   * Draw the transcript with each word in time as its own clickable span. Words are found in
+   * the text sent (so flush points and text not spoken yet stay where they are); when some
+   * word is not there (a server that rewrote the text), the words alone are shown.
+   * @param {Array<string | null>} pieces
+   */
+  buildWords(pieces) {
+    const words = this.store.words.slice(0, this.store.wordCount);
+    let text = "";
+    /** @type {number[]} */
+    let flushes = [];
+    for (const piece of pieces) {
+      if (piece === null) flushes.push(text.length);
+      else text += piece;
+    }
+    let ranges = matchWords(text, words);
+    if (!ranges) {
+      text = "";
+      flushes = [];
+      ranges = words.map(([w]) => {
+        if (text) text += " ";
+        text += w;
+        return /** @type {[number, number]} */ ([text.length - w.length, text.length]);
+      });
+    }
+    const frag = document.createDocumentFragment();
+    this.wordEls = words.map(() => []);
+    this.gapEls = Array.from({ length: words.length + 1 }, () => []);
+    let at = 0;
+    let fi = 0;
+    /** @param {number} to @param {number} word index, or -1 for text between words @param {number} gap */
+    const emit = (to, word, gap) => {
+      while (at <= to) {
+        const cut = fi < flushes.length && flushes[fi] < to ? flushes[fi] : to;
+        if (cut > at) {
+          const span = document.createElement("span");
+          span.textContent = text.slice(at, cut);
+          if (word >= 0) {
+            span.className = "fishnb-word";
+            span.dataset.w = String(word);
+            this.wordEls[word].push(span);
+          } else {
+            this.gapEls[gap].push(span);
+          }
+          frag.appendChild(span);
+          at = cut;
+        }
+        if (cut === to) return;
+        frag.appendChild(flushMark());
+        fi += 1;
+      }
+    };
+    ranges.forEach(([a, b], i) => {
+      emit(a, -1, i);
+      emit(b, i, i);
+    });
+    emit(text.length, -1, words.length);
+    for (; fi < flushes.length; fi++) frag.appendChild(flushMark());
+    this.textEl.replaceChildren(frag);
+    this.textEl.classList.add("fishnb-timed");
+    this.textEl.title = "Click a word to play from there";
+    this.textEl.hidden = false;
+    this.heard = -1;
+    this.current = -2; // forces markWords to paint
+  }
+
+  /**
+   * Light up the words heard by `position` and the one being heard.
+   * @param {number} position seconds
+   */
+  markWords(position) {
+    const { heard, current } = this.store.wordsAt(position);
+    if (heard === this.heard && current === this.current) return;
+    this.wordEls.forEach((spans, i) => {
+      for (const span of spans) {
+        span.classList.toggle("fishnb-spoken", i < heard);
+        span.classList.toggle("fishnb-current", i === current);
+      }
+    });
+    this.gapEls.forEach((spans, j) => {
+      for (const span of spans) span.classList.toggle("fishnb-spoken", j < heard);
+    });
+    this.heard = heard;
+    this.current = current;
+    this.textEl.dataset.word = String(current);
+    // Keep the word being heard in sight inside the transcript box (never scroll the page).
+    const el = current >= 0 ? this.wordEls[current][0] : null;
+    const box = this.textEl;
+    if (el && (el.offsetTop < box.scrollTop || el.offsetTop + el.offsetHeight > box.scrollTop + box.clientHeight)) {
+      box.scrollTop = Math.max(0, el.offsetTop - box.clientHeight / 3);
+    }
   }
 
   dispose() {
@@ -823,6 +1010,44 @@ class View {
     this.store.removeView(this);
     this.root.remove();
   }
+}
+
+/** @returns {HTMLElement} the mark of a flush point in the transcript */
+function flushMark() {
+  const mark = document.createElement("span");
+  mark.className = "fishnb-flush";
+  mark.title = "flush point";
+  return mark;
+}
+
+/**
+ * Where each word is in `text`: searched in order, each at most WORD_SEARCH characters past
+ * the previous one, ignoring case and how much white space separates a word's parts.
+ * @param {string} text
+ * @param {Word[]} words
+ * @returns {Array<[number, number]> | null} [start, end) per word, or null if one is missing
+ */
+function matchWords(text, words) {
+  /** @type {Array<[number, number]>} */
+  const ranges = [];
+  let cursor = 0;
+  for (const [word] of words) {
+    const needle = word.trim();
+    if (!needle) {
+      ranges.push([cursor, cursor]);
+      continue;
+    }
+    const pattern = needle
+      .split(/\s+/)
+      .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+      .join("\\s+");
+    const nearby = text.slice(cursor, cursor + WORD_SEARCH + needle.length * 2);
+    const found = new RegExp(pattern, "i").exec(nearby);
+    if (!found || found.index > WORD_SEARCH) return null;
+    ranges.push([cursor + found.index, cursor + found.index + found[0].length]);
+    cursor += found.index + found[0].length;
+  }
+  return ranges;
 }
 
 /**
