@@ -182,7 +182,8 @@ def table_lines(rows: list[Row]) -> list[str]:
     peers = sorted({f"{row.id}: {row.peer_name}" for row in rows if row.peer_name})
     notes = [f"  {row.id}: {row.note}" for row in rows if row.note]
     lines.append("")
-    lines.append("peers: " + "; ".join(peers))
+    if peers:
+        lines.append("peers: " + "; ".join(peers))
     if notes:
         lines.append("notes:")
         lines.extend(notes)
