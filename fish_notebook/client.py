@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, NamedTuple, TypeVar, overload
@@ -954,24 +956,77 @@ class RealtimeClient:
         self.close()
 
 
+class _Raised:
+    """Carries an exception from the background loop to the iterating thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+_WINDOW = 64  # items the loop may run ahead of the consumer
+_CREDIT_BATCH = 16  # items consumed before the loop is woken to produce more
+
+
 def _iterate_in_background(agen: AsyncIterator[_T]) -> Iterator[_T]:
-    """Drive an async generator on the background loop, one item per ``next()``."""
-    step: Callable[[], Awaitable[_T]] = agen.__anext__
+    """Drive an async iterator on the background loop and yield its items here.
+
+    One task on the loop pushes items into a thread-safe queue, at most ``_WINDOW`` ahead;
+    the consumer gives credit back in batches. That costs one thread wake-up per batch
+    rather than a task and a round trip per item. Closing this generator (or Ctrl-C while
+    it waits) cancels the task, which closes ``agen``.
+    """
+    loop = _loop.background_loop()
+    items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    credit: list[asyncio.Semaphore] = []
+    finished = threading.Event()  # set once agen is closed, whatever the ending
+
+    async def pump() -> None:
+        window = asyncio.Semaphore(_WINDOW)
+        credit.append(window)
+        try:
+            async for item in agen:
+                await window.acquire()
+                items.put(item)
+        except Exception as exc:
+            items.put(_Raised(exc))
+        else:
+            items.put(_DONE)
+        finally:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            finished.set()
+
+    def give_credit() -> None:
+        for _ in range(_CREDIT_BATCH):
+            credit[0].release()
+
+    future = asyncio.run_coroutine_threadsafe(pump(), loop)
+    future.add_done_callback(lambda _: finished.set())  # also when cancelled before it ran
+    consumed = 0
     try:
         while True:
             try:
-                yield _loop.run_sync(_next(step))
-            except StopAsyncIteration:
+                item = items.get(timeout=0.5)  # a bounded wait keeps Ctrl-C responsive
+            except queue.Empty:
+                if future.done() and items.empty():
+                    future.result()  # surfaces a cancellation or a bug in pump
+                    return
+                continue
+            if item is _DONE:
                 return
+            if isinstance(item, _Raised):
+                raise item.error
+            consumed += 1
+            if consumed % _CREDIT_BATCH == 0:
+                loop.call_soon_threadsafe(give_credit)
+            yield item
     finally:
-        aclose = getattr(agen, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                _loop.run_sync(aclose(), 10.0)
-
-
-async def _next(step: Callable[[], Awaitable[_T]]) -> _T:
-    return await step()
+        if not finished.is_set():
+            future.cancel()  # cancels the task; its finally closes agen
+            finished.wait(10.0)
 
 
 async def _recv_within(ws: ClientConnection, seconds: float) -> bytes | str:

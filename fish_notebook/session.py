@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from . import _loop
-from .audio import AudioDecoder, PcmDecoder, format_decoder, pcm_duration, save_audio
+from .audio import AudioDecoder, PcmDecoder, format_decoder, save_audio
 from .client import (
     AsyncRealtimeClient,
     AsyncRealtimeStream,
@@ -127,7 +127,7 @@ class Session:
         self._state: SessionState = "connecting"
         self._text: list[str | None] = []
         self._chunks: list[bytes] = []
-        self._pcm = bytearray()
+        self._pcm_bytes = 0  # the audio lives once, in _chunks; this is its length
         self._logs: list[str] = []
         self.error: BaseException | None = None
         self.saved_path: Path | None = None
@@ -322,7 +322,7 @@ class Session:
     def audio(self) -> bytes:
         """16-bit mono PCM received so far, at :attr:`sample_rate`."""
         with self._lock:
-            return bytes(self._pcm)
+            return b"".join(self._chunks)
 
     @property
     def chunks(self) -> list[bytes]:
@@ -333,7 +333,7 @@ class Session:
     @property
     def duration(self) -> float:
         """Seconds of audio received so far."""
-        return pcm_duration(self._pcm, self.sample_rate)
+        return self._pcm_seconds()
 
     @property
     def logs(self) -> list[str]:
@@ -348,7 +348,7 @@ class Session:
         ``state``."""
         with self._lock:
             end = self._t_end or time.perf_counter()
-            audio_s = pcm_duration(self._pcm, self.sample_rate)
+            audio_s = self._pcm_bytes // 2 / self.sample_rate
             start = self._t_first_text
             elapsed = end - start if start is not None else 0.0
             ttfa = (
@@ -364,7 +364,7 @@ class Session:
                 "elapsed_s": elapsed,
                 "rtf": (elapsed / audio_s) if audio_s > 0 else None,
                 "chunks": len(self._chunks),
-                "bytes": len(self._pcm),
+                "bytes": self._pcm_bytes,
                 "sample_rate": self.sample_rate,
             }
 
@@ -471,7 +471,7 @@ class Session:
 
     def _pcm_seconds(self) -> float:
         with self._lock:
-            return len(self._pcm) // 2 / self.sample_rate
+            return self._pcm_bytes // 2 / self.sample_rate
 
     def _on_alignment(self, event: AudioEvent, offset: float) -> None:
         # Words sit where their audio starts in what this session received (the player's
@@ -494,7 +494,7 @@ class Session:
                 self._pending_flush = None
             seq = len(self._chunks)
             self._chunks.append(pcm)
-            self._pcm += pcm
+            self._pcm_bytes += len(pcm)
             self._emit("on_audio", pcm, seq)
         self._push_metrics()
 
