@@ -19,3 +19,13 @@ def local_server() -> Iterator[ThreadedServer]:
     """
     with LocalServer(record=True, max_sessions=16).run_in_thread() as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser suite last.
+
+    Playwright's sync API keeps an event loop marked as running on the main thread for as
+    long as its browser lives (one per suite), and asyncio tests after it would then fail
+    with "asyncio.run() cannot be called from a running event loop".
+    """
+    items.sort(key=lambda item: "browser" in item.path.parts)
