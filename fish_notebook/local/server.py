@@ -154,7 +154,8 @@ class LocalServer:
             ``Authorization: Bearer <token>``; others get HTTP 401. Never logged.
         max_sessions: Sessions served at once; one more gets an ``error`` event.
         voices_dir: A folder of extra Piper voices (``NAME.onnx`` + ``NAME.onnx.json``).
-        idle_timeout: Seconds a session may send nothing while nothing is being spoken.
+        idle_timeout: Seconds a session may send nothing while nothing is being spoken, or
+            read nothing while audio waits for it (then the connection is dropped).
         max_frame_size: Largest client frame in bytes (the connection closes with 1009).
         max_text: Most characters of text a session may have waiting to be spoken.
         record: Keep a :class:`~.recorder.Recorder` of every session (for tests).
@@ -705,9 +706,23 @@ class _Session:
             await self._send(AudioEvent(data[start : start + MAX_AUDIO_PAYLOAD]))
 
     async def _send(self, event: ServerEvent) -> None:
-        await self.connection.send(pack(event))
+        # A client that stops reading fills the socket buffers and send() waits forever,
+        # holding a session slot (websockets' keepalive ping waits behind it too). Past
+        # idle_timeout the connection is dropped; send() then raises ConnectionClosed.
+        watchdog = self.loop.call_later(self.server.idle_timeout, self._drop_stuck_client)
+        try:
+            await self.connection.send(pack(event))
+        finally:
+            watchdog.cancel()
         if self.server.recorder is not None and self.record is not None:
             self.server.recorder.sent(self.record, event)
+
+    def _drop_stuck_client(self) -> None:
+        logger.warning(
+            "the client read nothing for %gs while audio waited: connection dropped",
+            self.server.idle_timeout,
+        )
+        self.connection.transport.abort()
 
     async def _log(self, message: str) -> None:
         message = _clipped(message)

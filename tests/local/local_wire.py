@@ -101,6 +101,35 @@ async def next_event(ws: ClientConnection, timeout: float = 30.0) -> dict[str, A
     return event
 
 
+# --- below websockets: raw bytes for a plain TCP socket ---
+
+
+def handshake(host: str, port: int, path: str = LIVE) -> bytes:
+    """A WebSocket opening handshake for ``path``, as raw bytes."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+    """One WebSocket frame as a client would put it on the wire (masked unless told)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    size, mask_bit = len(payload), 0x80 if masked else 0
+    if size < 126:
+        head += bytes([mask_bit | size])
+    elif size < 65536:
+        head += bytes([mask_bit | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + size.to_bytes(8, "big")
+    if masked:
+        key = b"\x37\xfa\x21\x3d"
+        head += key
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
 # --- reading audio --------------------------------------------------------------------------
 
 

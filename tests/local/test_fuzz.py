@@ -35,7 +35,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from local_wire import FLUSH, LIVE, SENTENCE, STOP, frame, start, text
+from local_wire import FLUSH, LIVE, SENTENCE, STOP, frame, handshake, start, text, ws_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -507,31 +507,6 @@ def test_fuzzed_sessions_end_cleanly_beside_a_healthy_one(
 
 
 # --- below the WebSocket layer: raw bytes on the TCP socket ------------------------------------
-
-
-def handshake(host: str, port: int, path: str = LIVE) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
-    """One WebSocket frame as a client would put it on the wire (masked unless told)."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size, mask_bit = len(payload), 0x80 if masked else 0
-    if size < 126:
-        head += bytes([mask_bit | size])
-    elif size < 65536:
-        head += bytes([mask_bit | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([mask_bit | 127]) + size.to_bytes(8, "big")
-    if masked:
-        key = b"\x37\xfa\x21\x3d"
-        head += key
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + payload
 
 
 CONVERSATION = [start(format="pcm"), text("Hi."), STOP]

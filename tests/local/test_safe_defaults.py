@@ -20,7 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_wire import FLUSH, LIVE, STOP, next_event, read_all, session, start, text
+from local_wire import (
+    FLUSH,
+    LIVE,
+    STOP,
+    handshake,
+    next_event,
+    read_all,
+    session,
+    start,
+    text,
+    ws_frame,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -243,6 +254,35 @@ async def test_a_busy_session_is_not_idle(impatient_server: ThreadedServer) -> N
     seconds = (len(out.audio) + len(first["audio"])) / 2 / 44100
     assert seconds > 10 * IDLE
     assert out.finish is not None and "idle" in out.finish["message"]
+
+
+STUCK_TEXT = " ".join(
+    f"Sentence {n} piles up audio for a client that reads none." for n in range(8)
+)
+
+
+async def test_a_client_that_stops_reading_is_dropped(
+    impatient_server: ThreadedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that reads nothing while its audio piles up (socket buffers full) loses the
+    connection after idle_timeout, and its session slot is freed: it cannot hold it forever."""
+    assert impatient_server.recorder is not None
+    impatient_server.recorder.clear()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", impatient_server.port))
+        sock.sendall(handshake("127.0.0.1", impatient_server.port))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(1)  # exactly the handshake answer, no audio
+        request = start(format="pcm", sample_rate=192000)  # 384 KB of audio a second
+        sock.sendall(b"".join(ws_frame(2, f) for f in (request, text(STUCK_TEXT), STOP)))
+        record = await impatient_server.recorder.await_for(timeout=120)
+    assert answer.startswith(b"HTTP/1.1 101")
+    assert record.close_code == 1006 and record.finish is None  # dropped, not finished
+    assert record.audio and "read nothing for 0.5s while audio waited" in caplog.text
+    assert impatient_server.server.active_sessions == 0
 
 
 # --- no credentials in the logs -------------------------------------------------------------------
