@@ -208,6 +208,8 @@ class Store {
       ctx_state: "none",
       ctx_time: 0,
       ctx_sample_rate: 0,
+      samples: 0,
+      rate: 0,
       audio_s: 0,
       position_s: 0,
       playing: false,
@@ -626,6 +628,8 @@ class Store {
     }
     s.ctx_state = ctx ? ctx.state : "none";
     s.ctx_time = ctx ? round(ctx.currentTime) : 0;
+    s.samples = this.samples;
+    s.rate = this.rate;
     s.audio_s = round(this.samples / this.rate, 4);
     s.position_s = round(this.position(), 4);
     s.playing = this.isPlaying();

@@ -426,6 +426,23 @@ class NotebookPage:
         return path
 
 
+def write_metrics(name: str, values: dict[str, Any]) -> Path:
+    """Merge ``values`` into test-artifacts/``name`` (a JSON object), so tests can share a file.
+
+    ``browser_metrics.json`` is read by the bench suite (bench/README.md, row 8).
+    """
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    data: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict):
+            data = loaded
+    data.update(values)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 @contextlib.contextmanager
 def notebook_page(lab: Lab, browser: Any) -> Iterator[NotebookPage]:
     """A fresh browser context and page on the Lab server; kernels are shut down after."""

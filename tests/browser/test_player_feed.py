@@ -9,16 +9,32 @@ with real sessions and the embedded TTS server.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import ARTIFACTS, NotebookPage
+import fish_notebook
+
+from .conftest import ARTIFACTS, NotebookPage, write_metrics
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 RATE = 24000
 CHUNK_S = 0.1
+
+
+def jitter_buffer_ms() -> float:
+    """The player's first jitter buffer, read from player.js (for the figures)."""
+    source = (Path(fish_notebook.__file__).parent / "static" / "player.js").read_text()
+    found = re.search(r"const JITTER_S = ([0-9.]+);", source)
+    assert found is not None, "player.js no longer defines JITTER_S"
+    return round(float(found.group(1)) * 1000, 1)
+
+
+JITTER_BUFFER_MS = jitter_buffer_ms()
 
 # A feeder that calls the player's listener methods from a background thread at a chosen
 # multiple of real time: chunk i arrives i * CHUNK_S / speed seconds after the first.
@@ -126,11 +142,32 @@ def test_gapless_scheduling_at_2x_1x_and_half_speed_through_a_blocking_cell(
             "0.5x": slow["latencies_ms"][0],
         },
         "underruns": {"2x": fast["underruns"], "1x": real["underruns"], "0.5x": slow["underruns"]},
+        # How far chunks 1..n strayed from their pace, relative to each other: the jitter
+        # buffer a source at exactly 1x needs (on top of the first chunk's own delay).
+        "arrival_jitter_ms_1x": pace_spread(real, 1.0),
+        "jitter_buffer_ms": JITTER_BUFFER_MS,
         "chunks_arrived_during_sleep": len(during),
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "player-feed-figures.json").write_text(json.dumps(figures, indent=2))
+    write_metrics(
+        "browser_metrics.json",
+        {
+            "arrival_to_start_ms": [stats["latencies_ms"][0] for stats in (fast, real, slow)],
+            "underruns_1x": real["underruns"],
+            "underruns_2x": fast["underruns"],
+            "arrival_jitter_ms_1x": figures["arrival_jitter_ms_1x"],
+            "jitter_buffer_ms": JITTER_BUFFER_MS,
+        },
+    )
     print("player figures:", json.dumps(figures))
+
+
+def pace_spread(stats: dict[str, Any], speed: float) -> float:
+    """Max minus min of (arrival - pace) over chunks 1..n, in ms."""
+    arrivals = stats["arrivals_ms"]
+    lag = [t - k * CHUNK_S * 1000 / speed for k, t in enumerate(arrivals)][1:]
+    return round(max(lag) - min(lag), 1)
 
 
 def test_late_view_clicks_reload_replay_and_download(notebook: NotebookPage) -> None:
