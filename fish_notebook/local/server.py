@@ -331,11 +331,22 @@ class LocalServer:
                 pass
             return
         self._active += 1
+        released = False
+
+        def release() -> None:
+            # The slot is free once the session has said its last word (finish), before the
+            # closing handshake: a client that starts its next session as soon as this one
+            # closes must not be refused for it.
+            nonlocal released
+            if not released:
+                released = True
+                self._active -= 1
+
         try:
             assert self._pool is not None
-            await _Session(self, connection, self._pool).run()
+            await _Session(self, connection, self._pool, release).run()
         finally:
-            self._active -= 1
+            release()
 
 
 async def _close(connection: ServerConnection, code: int = 1000, reason: str = "") -> None:
@@ -397,10 +408,17 @@ def _speakable(text: str) -> str:
 class _Session:
     """One WebSocket session: a reader of client frames and a speaker of queued pieces."""
 
-    def __init__(self, server: LocalServer, connection: ServerConnection, pool: ThreadPoolExecutor):
+    def __init__(
+        self,
+        server: LocalServer,
+        connection: ServerConnection,
+        pool: ThreadPoolExecutor,
+        release: Callable[[], None] = lambda: None,
+    ):
         self.server = server
         self.connection = connection
         self.pool = pool
+        self.release = release  # frees the session's slot; called once finish is sent
         self.loop = asyncio.get_running_loop()
         request = connection.request
         headers = dict(request.headers.raw_items()) if request is not None else {}
@@ -578,6 +596,7 @@ class _Session:
                 self.busy = False
         await self._send_audio(self.encoder.finish())
         await self._send(FinishEvent("stop"))
+        self.release()
         await _close(self.connection)
 
     async def _synthesize(self, text: str) -> None:
@@ -735,6 +754,7 @@ class _Session:
         try:
             await self._send(LogEvent(message))
             await self._send(FinishEvent("error", message))
+            self.release()
             await _close(self.connection)
         except ConnectionClosed:
             pass

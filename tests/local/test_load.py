@@ -206,3 +206,19 @@ async def read_one(url: str) -> Outcome:
         for item in (start(format="pcm"), text("Still here."), STOP):
             await ws.send(item)
         return await read_all(ws, timeout=60)
+
+
+async def test_back_to_back_sessions_at_the_limit_are_never_refused() -> None:
+    """With max_sessions=1 (server on its own thread, as in a notebook), each of 20 sessions
+    opened the moment the previous one closed is served: a finished session frees its slot
+    before its socket closes."""
+    with LocalServer(max_sessions=1).run_in_thread() as server:
+        finishes = []
+        for _ in range(20):
+            async with connect(server.url + LIVE, open_timeout=30) as ws:
+                for item in (start(format="pcm"), text("Hi."), FLUSH):
+                    await ws.send(item)
+                await next_event(ws, timeout=30)
+                await ws.send(STOP)
+                finishes.append((await read_all(ws, timeout=30)).finish)
+    assert finishes == [{"event": "finish", "reason": "stop"}] * 20
