@@ -287,6 +287,9 @@ class Player(anywidget.AnyWidget):
         placed = [TimedWord(str(w[0]), float(w[1]), float(w[2])) for w in words]
         if not placed:
             return
+        if self._transcript_timer is not None:
+            # The page finds each word in the transcript: let the text arrive first.
+            self._publish_transcript(now=True)
         with self._lock:
             first = len(self._words)
             self._words.extend(placed)

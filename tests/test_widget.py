@@ -396,3 +396,24 @@ def test_the_player_takes_the_rate_a_wav_header_gives_before_the_first_chunk() -
         if kind == "comm_msg" and data.get("content", {}).get("kind") == "audio"
     )
     assert rate_at < audio_at
+
+
+def test_text_waiting_for_its_transcript_update_goes_out_before_its_words() -> None:
+    """The page finds words in the transcript, so the text they come from is sent first."""
+    player = Player(sample_rate=24000)
+    player.on_text("Hello ")
+    player.on_text("there.")  # within TRANSCRIPT_INTERVAL: waits for a timer
+    player.on_audio(pcm(2400), 0)
+    player.on_words([TimedWord("Hello", 0.0, 0.2), TimedWord("there.", 0.25, 0.5)])
+    messages = comm_of(player).messages
+    text_at = next(
+        i
+        for i, (_, data, _) in enumerate(messages)
+        if data.get("state", {}).get("transcript") == ["Hello ", "there."]
+    )
+    words_at = next(
+        i
+        for i, (_, data, _) in enumerate(messages)
+        if data.get("content", {}).get("kind") == "words"
+    )
+    assert text_at < words_at
