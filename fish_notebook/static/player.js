@@ -21,9 +21,11 @@
 
 /**
  * Seconds of audio queued before the first chunk starts: absorbs arrival jitter. Measured in
- * headless Chromium with chunks paced from a kernel thread (tests/browser/test_player_feed.py):
- * on a quiet machine consecutive chunks arrive within a few ms of their pace, so 30 ms keeps
- * a first chunk's arrival-to-start under 50 ms; a longer stall is caught by the doubling below.
+ * headless Chromium with chunks paced at 1x from a kernel thread (tests/browser/
+ * test_player_feed.py): they strayed 5-22 ms from their pace, with stalls of 100 ms and more
+ * only on a heavily loaded machine. 30 ms keeps a first chunk's arrival-to-start near 32 ms
+ * (goal: 50) with no underrun at 1x or 2x; a longer stall costs one counted underrun, and the
+ * doubling below.
  */
 const JITTER_S = 0.03;
 /** After an underrun the queue restarts deeper, doubling up to this (a stuttering source). */
@@ -164,6 +166,8 @@ class Store {
     this.wordCount = 0;
     /** the rate the audio context was asked for */
     this.ctxRate = 0;
+    /** @type {Array<{ index: number, start: number, arrivedAt: number }>} see settleLatencies */
+    this.unsettled = [];
     /** @type {Set<View>} */
     this.views = new Set();
     /** @type {AudioContext | null} */
@@ -373,7 +377,10 @@ class Store {
     this.ctx = ctx;
     this.gain = ctx.createGain();
     this.gain.connect(ctx.destination);
-    ctx.onstatechange = () => this.changed();
+    ctx.onstatechange = () => {
+      this.settleLatencies();
+      this.changed();
+    };
     if (ctx.state === "suspended" && !this.paused) ctx.resume().catch(() => {});
     this.stats.ctx_sample_rate = ctx.sampleRate;
     return ctx;
@@ -441,10 +448,29 @@ class Store {
     if (onArrival) {
       const latency = round((start - now) * 1000 + (performance.now() - chunk.arrivedAt), 2);
       this.stats.max_latency_ms = Math.max(this.stats.max_latency_ms, latency);
+      const index = this.stats.latencies_ms.length;
       this.detail("latencies_ms", latency);
+      // A context that is not running yet (just made) has a clock standing still: measure
+      // again once it runs, or the wait for it to start would be missed.
+      if (ctx.state !== "running" && !this.paused && index < MAX_DETAIL) {
+        this.unsettled.push({ index, start, arrivedAt: chunk.arrivedAt });
+      }
     }
     this.scheduled.push({ start, offset: chunk.offset + skip, length, node });
     this.nextTime = start + length / rate;
+  }
+
+  /** Measure the arrival-to-start of chunks scheduled before the context ran, now it runs. */
+  settleLatencies() {
+    const ctx = this.ctx;
+    if (!ctx || ctx.state !== "running" || !this.unsettled.length) return;
+    for (const { index, start, arrivedAt } of this.unsettled) {
+      const latency = round((start - ctx.currentTime) * 1000 + (performance.now() - arrivedAt), 2);
+      this.stats.latencies_ms[index] = latency;
+      this.stats.max_latency_ms = Math.max(this.stats.max_latency_ms, latency);
+    }
+    this.unsettled = [];
+    this.changed();
   }
 
   /**
@@ -530,11 +556,15 @@ class Store {
     return this.ctx.currentTime < this.nextTime;
   }
 
-  /** Seconds into the recording that are playing now (0 when nothing ran yet). */
-  position() {
+  /**
+   * Seconds into the recording that are playing now (0 when nothing ran yet): chunk k
+   * scheduled at start_k maps audio-clock time t to S_k / rate + (t - start_k).
+   * @param {number} [at] the audio clock reading to map (default: read it now)
+   */
+  position(at) {
     const ctx = this.ctx;
     if (!ctx || this.scheduled.length === 0) return this.lastPosition || 0;
-    const t = ctx.currentTime;
+    const t = at ?? ctx.currentTime;
     let pos = this.scheduled[0].offset;
     for (const s of this.scheduled) {
       if (s.start > t) break;
@@ -626,6 +656,7 @@ class Store {
     if (ctx && ctx.state === "running" && !this.isPlaying() && TERMINAL.has(this.status)) {
       ctx.suspend().catch(() => {});
     }
+    this.settleLatencies();
     s.ctx_state = ctx ? ctx.state : "none";
     s.ctx_time = ctx ? round(ctx.currentTime) : 0;
     s.samples = this.samples;
@@ -730,11 +761,11 @@ class View {
     this.current = -1;
     // What the transcript's highlight follows, read now (for tests and tools: the audio
     // clock, and the position in the recording it maps to through the scheduled chunks).
-    /** @type {any} */ (this.root).fishnbClock = () => ({
-      ctx_time: store.ctx ? store.ctx.currentTime : 0,
-      ctx_state: store.ctx ? store.ctx.state : "none",
-      position_s: store.position(),
-    });
+    // The text element's data-clock is the reading its highlight was drawn with.
+    /** @type {any} */ (this.root).fishnbClock = () => {
+      const at = store.ctx ? store.ctx.currentTime : 0;
+      return { ctx_time: at, ctx_state: store.ctx ? store.ctx.state : "none", position_s: store.position(at) };
+    };
     this.waveWindow = 5;
     this.resize = new ResizeObserver(() => this.requestDraw());
     this.resize.observe(this.canvas);
@@ -780,7 +811,10 @@ class View {
     const status = store.status;
     const live = !TERMINAL.has(status);
     const playing = store.isPlaying();
-    const position = store.position();
+    // One reading of the audio clock for everything drawn, published with the highlight.
+    const clockAt = store.ctx ? store.ctx.currentTime : 0;
+    const position = store.position(clockAt);
+    this.textEl.dataset.clock = String(clockAt);
     const audio = store.samples / store.rate;
     const hasAudio = store.contiguous > 0;
 

@@ -1,11 +1,13 @@
 """Words in time in a real page: the word being heard lights up, in step with the audio clock.
 
 A timestamped session (``Session(..., timestamps=True)``) speaks from the embedded server.
-While it plays, the test samples, in the same animation frame as the player's own drawing,
-which word is highlighted and the AudioContext's clock, then maps each clock reading to the
-recording's timeline itself, from where the page scheduled each chunk (``stats.starts``) and
-the chunk lengths the kernel recorded: t = S_k / rate + (currentTime - start_k) for the chunk
-k playing. The highlighted word must be the one whose [start, end) holds t.
+While it plays, the test samples, in the animation frame right after the player drew, which
+word is highlighted, the AudioContext clock reading that drawing used (``data-clock``) and
+the clock now. It maps each reading to the recording's timeline itself, from where the page
+scheduled each chunk (``stats.starts``) and the chunk lengths the kernel recorded:
+t = S_k / rate + (currentTime - start_k) for the chunk k playing. The highlighted word must be
+the one whose [start, end) holds the drawn t; how far the clock moved on by the time of the
+sample (at most a frame, unless the machine stalls) is reported, not asserted.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ SAMPLER = """async ([every, limit]) => {
         await frame();
         const current = root.querySelector(".fishnb-current");
         const clock = root.fishnbClock();
+        const text = root.querySelector(".fishnb-text");
         const stats = JSON.parse(root.dataset.stats || "{}");
         samples.push({
             word: current ? Number(current.dataset.w) : -1,
-            drawn: Number(root.querySelector(".fishnb-text").dataset.word ?? -1),
+            drawn: Number(text.dataset.word ?? -1),
+            drawn_at: Number(text.dataset.clock),
             ...clock,
         });
         played = played || stats.playing;
@@ -120,17 +124,17 @@ def test_the_word_being_heard_lights_up_and_a_click_plays_from_a_word(
     assert [w.strip() for w in spans.all_inner_texts()] == [w[0] for w in words]
 
     # Each sample: the clock maps to a moment of the timeline; the word lit is the word heard.
-    playing = [s for s in samples if s["ctx_time"] >= starts[0]]
+    end = starts[-1] + lengths[-1] / rate
+    playing = [s for s in samples if starts[0] <= s["drawn_at"] and s["ctx_time"] < end]
     assert len(playing) >= 20, samples
     errors = []
     for sample in playing:
-        t = timeline_position(sample["ctx_time"], starts, lengths, rate)
-        assert sample["position_s"] == pytest.approx(t, abs=1e-4)  # the player maps it alike
-        assert sample["word"] == sample["drawn"]
-        errors.append(sync_error(t, sample["word"], words))
-    # Sampled in the frame the player drew in, so the clock is the one it drew with; at most
-    # one audio render quantum (128 frames) can have passed between the two readings.
-    assert max(errors) <= 128 / rate + 1e-6, list(zip(errors, playing, strict=True))
+        now = timeline_position(sample["ctx_time"], starts, lengths, rate)
+        assert sample["position_s"] == pytest.approx(now, abs=1e-5)  # the player maps it alike
+        drawn = timeline_position(sample["drawn_at"], starts, lengths, rate)
+        assert sample["word"] == sample["drawn"] == word_at(drawn, words), sample
+        assert sample["ctx_time"] >= sample["drawn_at"]
+        errors.append(sync_error(now, sample["word"], words))
     shown = [s["word"] for s in playing if s["word"] >= 0]
     assert shown == sorted(shown), "words light up in order"
     assert len(set(shown)) >= 6, "the highlight moves from word to word"
@@ -163,7 +167,12 @@ def test_the_word_being_heard_lights_up_and_a_click_plays_from_a_word(
     figures = {
         "words": len(words),
         "samples": len(playing),
+        # The lit word against the clock at the moment of sampling (0 = the same word).
         "word_sync_error_ms_max": round(max(errors) * 1000, 3),
+        "samples_off_by_clock_moving_on": sum(1 for e in errors if e > 0),
+        "clock_moved_since_drawing_ms_max": round(
+            max(s["ctx_time"] - s["drawn_at"] for s in playing) * 1000, 3
+        ),
         "samples_between_words": sum(1 for s in playing if s["word"] < 0),
     }
     ARTIFACTS.mkdir(exist_ok=True)
