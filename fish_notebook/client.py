@@ -75,7 +75,7 @@ from .protocol import (
     pack,
     unpack_server_event,
 )
-from .sources import iter_source
+from .sources import completes_sentence, iter_source
 
 __all__ = [
     "AsyncRealtimeClient",
@@ -715,6 +715,7 @@ class AsyncRealtimeClient:
         max_workers: int | None = None,
         ws_options: Any = None,
         timestamps: bool = False,
+        early_flush: bool = True,
         **options: Any,
     ) -> AsyncIterator[bytes] | AsyncIterator[AudioEvent]:
         """Stream text in, get audio ``bytes`` out while the text is still arriving.
@@ -728,6 +729,11 @@ class AsyncRealtimeClient:
         If the source raises, ``stop`` is sent, the audio owed for text already sent is still
         yielded, and then the source's exception propagates. ``max_workers`` and
         ``ws_options`` exist for drop-in compatibility with the Fish SDK and are ignored.
+
+        ``early_flush`` (on by default) sends one ``flush`` as soon as the first sentence
+        is complete, unless the source flushed first: the first audio then leaves while the
+        rest is still being written, instead of when the server's buffer fills. Later text is
+        buffered by the server as usual.
 
         ``timestamps=True`` uses ``/v1/tts/live/with-timestamp`` and yields whole
         :class:`~fish_notebook.protocol.AudioEvent` objects instead of bytes: ``.audio``,
@@ -745,18 +751,23 @@ class AsyncRealtimeClient:
             volume=volume,
             **options,
         )
+        model = model or self.model
         if timestamps:
-            return self._audio_events(text_stream, request, model or self.model)
-        return self._audio(text_stream, request, model or self.model)
+            return self._audio_events(text_stream, request, model, True, early_flush)
+        return self._audio(text_stream, request, model, early_flush)
 
-    async def _audio(self, source: Any, request: TTSRequest, model: str) -> AsyncIterator[bytes]:
-        async for event in self._audio_events(source, request, model, timestamps=False):
+    async def _audio(
+        self, source: Any, request: TTSRequest, model: str, early_flush: bool
+    ) -> AsyncIterator[bytes]:
+        async for event in self._audio_events(source, request, model, False, early_flush):
             yield event.audio
 
     async def _audio_events(
-        self, source: Any, request: TTSRequest, model: str, *, timestamps: bool = True
+        self, source: Any, request: TTSRequest, model: str, timestamps: bool, early_flush: bool
     ) -> AsyncIterator[AudioEvent]:
-        feed = self.stream_events(source, request=request, model=model, timestamps=timestamps)
+        feed = self.stream_events(
+            source, request=request, model=model, timestamps=timestamps, early_flush=early_flush
+        )
         async with feed as events:
             async for event in events:
                 if isinstance(event, AudioEvent):
@@ -770,6 +781,7 @@ class AsyncRealtimeClient:
         model: str | None = None,
         timestamps: bool = False,
         on_sent: Callable[[TextEvent | FlushEvent], None] | None = None,
+        early_flush: bool = True,
     ) -> _EventStream:
         """Feed ``source`` and read typed server events; the core of ``stream_websocket``.
 
@@ -779,7 +791,13 @@ class AsyncRealtimeClient:
         """
         self._check_open()
         return _EventStream(
-            self, source, request or TTSRequest(), model or self.model, timestamps, on_sent
+            self,
+            source,
+            request or TTSRequest(),
+            model or self.model,
+            timestamps,
+            on_sent,
+            early_flush,
         )
 
     async def aclose(self) -> None:
@@ -836,8 +854,10 @@ class _EventStream:
         model: str,
         timestamps: bool,
         on_sent: Callable[[TextEvent | FlushEvent], None] | None,
+        early_flush: bool = True,
     ) -> None:
         self._client = client
+        self._early_flush = early_flush
         self._source = source
         self._request = request
         self._model = model
@@ -860,11 +880,21 @@ class _EventStream:
 
     async def _send_all(self, stream: AsyncRealtimeStream) -> None:
         events = iter_source(self._source)
+        early_flush = self._early_flush
+        recent = ""  # the tail of the text sent, to see where the first sentence ends
         try:
             async for event in events:
-                await stream.send(event)
-                if self._on_sent is not None:
-                    self._on_sent(event)
+                if early_flush:
+                    if isinstance(event, FlushEvent):
+                        early_flush = False
+                    elif completes_sentence(recent, event.text):
+                        # Speak the first sentence now rather than when the server's
+                        # buffer fills: first audio leaves while the LLM writes on.
+                        await self._send(stream, FlushEvent())
+                        early_flush = False
+                    else:
+                        recent = (recent + event.text)[-64:]
+                await self._send(stream, event)
         except (SessionStateError, WebSocketError):
             return  # the receiver reports why the stream ended
         except BaseException as exc:  # the user's source failed: keep what it already produced
@@ -876,6 +906,11 @@ class _EventStream:
             await events.aclose()
         with contextlib.suppress(SessionStateError, WebSocketError):
             await stream.stop()
+
+    async def _send(self, stream: AsyncRealtimeStream, event: TextEvent | FlushEvent) -> None:
+        await stream.send(event)
+        if self._on_sent is not None:
+            self._on_sent(event)
 
     async def _events(self, stream: AsyncRealtimeStream) -> AsyncIterator[ServerEvent]:
         async for event in stream:

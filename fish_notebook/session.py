@@ -85,6 +85,8 @@ class Session:
         timestamps: ask for word timestamps (``/v1/tts/live/with-timestamp``): then
             :attr:`words` fills as audio arrives, listeners with ``on_words`` hear of each
             word, and :meth:`save` also writes ``.vtt`` and ``.srt`` subtitles.
+        early_flush: flush once as soon as the first sentence is complete (unless the
+            source flushes first), so first audio comes early; see ``stream_websocket``.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Session:
         config: Any = None,
         start: bool = True,
         timestamps: bool = False,
+        early_flush: bool = True,
         **options: Any,
     ) -> None:
         request = build_request(config, **options)
@@ -109,6 +112,7 @@ class Session:
         self._source = source
         self._setup(self.request.effective_sample_rate, save, format)
         self.timestamps = timestamps
+        self._early_flush = early_flush
         self._decoder: AudioDecoder = PcmDecoder(self.sample_rate)
         if start:
             self.start()
@@ -181,6 +185,7 @@ class Session:
             request=self.request,
             model=self._model,
             timestamps=self.timestamps,
+            early_flush=self._early_flush,
             on_sent=self._on_sent,
         )
         async with feed as events:

@@ -39,6 +39,7 @@ __all__ = [
     "SourceEvent",
     "SourceIterator",
     "apaced",
+    "completes_sentence",
     "iter_audio",
     "iter_source",
     "llm_tokens",
@@ -595,3 +596,51 @@ def iter_audio(source: Any, *, max_buffered: int = 64) -> SourceIterator:
     TypeError naming the item and its position.
     """
     return SourceIterator(source, max_buffered=max_buffered, normalize=_audio_item)
+
+
+# --- where the first sentence ends (for the client's early flush) ----------------------------
+
+_SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]]*$")
+_NOT_SENTENCE_ENDS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "mx",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "vs",
+        "cf",
+        "approx",
+        "fig",
+        "eq",
+        "gen",
+        "gov",
+        "lt",
+        "col",
+        "sgt",
+        "capt",
+        "rev",
+        "hon",
+        "e.g",
+        "i.e",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+        "ca",
+    ]
+)
+
+
+def completes_sentence(text_so_far: str, next_text: str) -> bool:
+    """True when ``text_so_far`` ends a sentence, as ``next_text`` (starting with a space)
+    confirms: "Hi." + " There" yes; "Mr." + " Smith", "3." + "5", "e.g." + " this" no."""
+    if not next_text[:1].isspace() or not _SENTENCE_END.search(text_so_far):
+        return False
+    last_word = text_so_far.rstrip("\"'”’)]").rsplit(None, 1)[-1].lower().rstrip(".")
+    return last_word not in _NOT_SENTENCE_ENDS and not (len(last_word) == 1 and last_word.isalpha())

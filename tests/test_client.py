@@ -369,3 +369,44 @@ async def test_manual_stream_session() -> None:
             "flush",
             "stop",
         ]
+
+
+async def test_early_flush_after_the_first_sentence() -> None:
+    """One flush goes out as soon as the first sentence is complete, and only one."""
+    tokens = [
+        "Sure",
+        ".",
+        " Mr",
+        ".",
+        " Smith",
+        " said",
+        " 3",
+        ".",
+        "5",
+        ".",
+        " Then",
+        " more",
+        ".",
+    ]
+    async with WireServer() as server:
+        client = AsyncRealtimeClient(base_url=server.base_url)
+        await _collect(client, tokens)
+        await _collect(client, tokens, early_flush=False)
+        await _collect(client, ["Done.", FlushEvent(), " Next.", " Last."])
+    early, off, user = ([e["event"] for e in c.events] for c in server.connections)
+    assert early == ["start", "text", "text", "flush", *["text"] * 11, "stop"]
+    assert "flush" not in off
+    assert user.count("flush") == 1  # the source flushed first: nothing added
+
+
+def test_completes_sentence() -> None:
+    """Sentence ends need a following space and are not abbreviations or decimals."""
+    from fish_notebook.sources import completes_sentence
+
+    assert completes_sentence("Hi there.", " Next")
+    assert completes_sentence('He said "stop!"', " Then")
+    assert not completes_sentence("Hi there.", "Next")
+    assert not completes_sentence("Ask Mr.", " Smith")
+    assert not completes_sentence("for e.g.", " this")
+    assert not completes_sentence("Middle initial J.", " Doe")
+    assert not completes_sentence("no end", " here")
