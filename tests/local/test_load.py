@@ -63,14 +63,15 @@ async def one_client(url: str, heard: list[float], everyone_heard: asyncio.Event
         except ConnectionClosed:
             pass  # refused: the error event is still there to read
         first = await next_event(ws, timeout=120)
-        heard.append(time.monotonic() - began)
+        waited = time.monotonic() - began
+        heard.append(waited)
         if len(heard) == CLIENTS:
             everyone_heard.set()
         await asyncio.wait_for(everyone_heard.wait(), 120)
         if first["event"] == "audio":
             await ws.send(STOP)
         rest = await read_all(ws, timeout=120)
-    return Client(first, heard[-1], rest)
+    return Client(first, waited, rest)
 
 
 async def wave(url: str) -> list[Client]:
