@@ -622,6 +622,9 @@ class Store {
     this.orphanTimer = null;
     if (!this.rendered) {
       this.rendered = true;
+      // Start the audio clock now if audio is expected: a context takes tens of ms to run,
+      // which the first chunk would otherwise wait for.
+      if (!TERMINAL.has(this.status)) this.ensureContext();
       this.pump(true); // chunks that arrived before the first view: their wait counts
     }
     this.changed();
