@@ -27,28 +27,9 @@ from fish_notebook import (
     WebSocketError,
 )
 from fish_notebook.client import build_request, resolve_endpoint
+from tests.helpers import REQUEST_FIELDS
 from tests.wire_server import WireServer
 
-REQUEST_FIELDS = {
-    "text",
-    "chunk_length",
-    "format",
-    "sample_rate",
-    "mp3_bitrate",
-    "opus_bitrate",
-    "references",
-    "reference_id",
-    "normalize",
-    "latency",
-    "prosody",
-    "top_p",
-    "temperature",
-    "max_new_tokens",
-    "repetition_penalty",
-    "min_chunk_length",
-    "condition_on_previous_chunks",
-    "early_stop_threshold",
-}
 SECRET = "sk-test-0123456789abcdef-SECRET"
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from fish_notebook.audio import pcm_duration, pcm_rms
 from fish_notebook.local.recorder import SessionRecord
 from fish_notebook.local.server import ThreadedServer
+from tests.helpers import wait_until
 
 from .llm_server import LLMServer
 
@@ -164,17 +164,6 @@ def assert_speech(pcm: bytes, text: str) -> float:
     assert 0.12 * words <= duration <= 1.2 * words + 1.0, (duration, words)
     assert pcm_rms(pcm) > 300, pcm_rms(pcm)
     return duration
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- text bodies ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,19 +19,9 @@ from fish_notebook.audio import pcm_rms
 from fish_notebook.local.recorder import SessionRecord
 from fish_notebook.local.server import ThreadedServer
 from fish_notebook.panel import SpeakPanel, TextFeed, voices_url
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def received(record: SessionRecord) -> list[str | None]:

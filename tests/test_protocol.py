@@ -27,33 +27,13 @@ from fish_notebook.protocol import (
     unpack_client_event,
     unpack_server_event,
 )
-
-WIRE_FIELDS = {
-    "text",
-    "chunk_length",
-    "format",
-    "sample_rate",
-    "mp3_bitrate",
-    "opus_bitrate",
-    "references",
-    "reference_id",
-    "normalize",
-    "latency",
-    "prosody",
-    "top_p",
-    "temperature",
-    "max_new_tokens",
-    "repetition_penalty",
-    "min_chunk_length",
-    "condition_on_previous_chunks",
-    "early_stop_threshold",
-}
+from tests.helpers import REQUEST_FIELDS
 
 
 def test_request_defaults_are_the_clouds() -> None:
     """Defaults match PROTOCOL.md: mp3, 128 kbps, balanced, chunk 200, top_p/temperature 0.7."""
     wire = TTSRequest().to_wire()
-    assert set(wire) == WIRE_FIELDS
+    assert set(wire) == REQUEST_FIELDS
     assert wire["format"] == "mp3" and wire["mp3_bitrate"] == 128 and wire["latency"] == "balanced"
     assert wire["chunk_length"] == 200 and wire["min_chunk_length"] == 50
     assert wire["top_p"] == 0.7 and wire["temperature"] == 0.7 and wire["max_new_tokens"] == 1024
@@ -98,7 +78,7 @@ def test_prosody_ranges() -> None:
 
 def test_from_wire_accepts_nulls_and_ignores_unknown_keys() -> None:
     """A request with null fields and extra keys gets defaults for the nulls."""
-    wire = {k: None for k in WIRE_FIELDS} | {"format": "pcm", "something_new": 1}
+    wire = {k: None for k in REQUEST_FIELDS} | {"format": "pcm", "something_new": 1}
     request = TTSRequest.from_wire(wire)
     assert request.format == "pcm" and request.chunk_length == 200 and request.references == ()
 

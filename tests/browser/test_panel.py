@@ -7,27 +7,14 @@ did is checked where it lands: text events, a flush event, a socket closed early
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from ..helpers import wait_until as wait_for
 from .conftest import NotebookPage
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def texts(record: Any) -> list[str]:

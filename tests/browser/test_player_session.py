@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from ..helpers import wait_until as wait_for
 from .conftest import ARTIFACTS, DUMMY_KEY, REPO, NotebookPage
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
@@ -29,18 +28,6 @@ DONE = (
     "s => ['finished', 'stopped', 'failed'].includes(s.status) && s.chunk_count > 0"
     " && s.scheduled_seqs.length === s.chunk_count && !s.playing"
 )
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_three_sentences_play_through_a_blocking_cell_reload_and_fallback(

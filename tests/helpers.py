@@ -1,0 +1,34 @@
+"""Small helpers shared by test modules."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: Every field of the ``request`` map of a ``start`` event, as PROTOCOL.md lists them.
+REQUEST_FIELDS = frozenset(
+    {
+        "text", "chunk_length", "format", "sample_rate", "mp3_bitrate", "opus_bitrate",
+        "references", "reference_id", "normalize", "latency", "prosody", "top_p", "temperature",
+        "max_new_tokens", "repetition_penalty", "min_chunk_length",
+        "condition_on_previous_chunks", "early_stop_threshold",
+    }
+)  # fmt: skip
+
+
+def wait_until(
+    condition: Callable[[], Any], what: str, timeout: float = 20.0, interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    Fails the test with "timed out ... waiting for {what}" after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
