@@ -38,5 +38,5 @@ def play(
     if display:
         from .widget import display_player
 
-        display_player(playback)
+        display_player(playback, fallback="mp3")  # 10x smaller saved notebooks than WAV
     return playback.start()

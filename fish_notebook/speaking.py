@@ -238,7 +238,7 @@ def speak(
     if display:
         from .widget import display_player
 
-        display_player(session)
+        display_player(session, fallback="mp3")  # 10x smaller saved notebooks than WAV
     session.start()
     if wait is not False:
         session.wait(None if wait is True else float(wait))
