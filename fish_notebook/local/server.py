@@ -10,7 +10,9 @@ frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``
   audio, also for a session with no text; then the socket closes.
 - Synthesis runs in a thread pool with one slot per allowed session, so reading frames,
   answering pings, flushes and other sessions never wait for a synthesis. A session's
-  pieces are synthesized and sent in order.
+  pieces are synthesized and sent in order. Sessions share the cores earliest deadline
+  first (:mod:`.slots`): the next sentence of the session whose listener runs out of audio
+  soonest is synthesized first, a session with nothing left to play is served at once.
 - A bad frame, a request the server cannot serve (``opus``), too much buffered text or an
   idle client ends *that* session with ``finish`` reason ``error`` and a ``message``
   (also sent as a ``log`` event and logged); every other session goes on.
@@ -43,6 +45,7 @@ import ipaddress
 import json
 import logging
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -443,6 +446,9 @@ class _Session:
         self.chunk_seq = 0  # audio events sent (timestamp sessions)
         self.samples_sent = 0  # audio samples sent, at the requested rate (timestamp sessions)
         self.estimate_noted = False
+        # When the audio sent so far runs out at the listener (time.monotonic(); None before
+        # the first audio): the deadline of this session's next sentence for a core slot.
+        self.audio_until: float | None = None
 
     async def run(self) -> None:
         """Serve the session to its end: finish sent and socket closed, or client gone."""
@@ -632,8 +638,10 @@ class _Session:
                         volume_db=volume,
                         normalize_loudness=normalize,
                         cancelled=self._is_cancelled,
+                        deadline=self._deadline,
                     )
                 ):
+                    self._heard(chunk.duration)
                     if plan is not None:
                         for part in self._timed_parts(plan, index, chunk):
                             hand_over(part)
@@ -661,6 +669,19 @@ class _Session:
 
     def _is_cancelled(self) -> bool:
         return self.cancelled
+
+    def _deadline(self) -> float:
+        """When this session's next sentence is needed: when its listener runs out of audio,
+        or now for a listener with nothing left (so those are served first come, first served)."""
+        now = time.monotonic()
+        until = self.audio_until
+        return until if until is not None and until > now else now
+
+    def _heard(self, seconds: float) -> None:
+        """Count ``seconds`` of audio leaving now (pool thread; one per session at a time)."""
+        now = time.monotonic()
+        start = now if self.audio_until is None else max(self.audio_until, now)
+        self.audio_until = start + seconds
 
     # --- sending ----------------------------------------------------------------------
 

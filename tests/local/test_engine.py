@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from local_wire import SENTENCE, rms
 
 from fish_notebook.errors import ValidationError
-from fish_notebook.local.engine import DEFAULT_VOICE, SpeechChunk, VoiceLibrary, default_voice_files
+from fish_notebook.local.engine import (
+    DEFAULT_VOICE,
+    SLOTS,
+    SpeechChunk,
+    VoiceLibrary,
+    default_voice_files,
+)
+from fish_notebook.local.slots import usable_cores
 
 
 def test_default_voice_loads_once_per_process() -> None:
@@ -97,3 +106,84 @@ def test_missing_voice_folder_is_an_error(tmp_path: Path) -> None:
     """A voices_dir that does not exist is a ValidationError naming it."""
     with pytest.raises(ValidationError, match="voices_dir"):
         VoiceLibrary(tmp_path / "missing")
+
+
+def _hold_every_slot() -> list[tuple[threading.Thread, threading.Event]]:
+    """Threads that hold every core slot of the process, each until its event is set."""
+    holders = []
+    for _ in range(SLOTS.size):
+        release = threading.Event()
+
+        def hold(release: threading.Event = release) -> None:
+            with SLOTS.slot(float("-inf")):
+                release.wait(60)
+
+        thread = threading.Thread(target=hold, daemon=True)
+        thread.start()
+        holders.append((thread, release))
+    _wait_until(lambda: SLOTS.running == SLOTS.size)
+    return holders
+
+
+def _let_go(holders: list[tuple[threading.Thread, threading.Event]]) -> None:
+    for thread, release in holders:
+        release.set()
+        thread.join(60)
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    limit = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < limit, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_runs_alone_get_two_threads_runs_side_by_side_one() -> None:
+    """On two or more cores a voice has a two-thread session (alone) and a one-thread one."""
+    voice = VoiceLibrary().default()
+    solo = voice._piper.session.get_session_options().intra_op_num_threads
+    shared = voice._shared_session.get_session_options().intra_op_num_threads
+    assert solo == min(2, usable_cores())
+    assert shared == 1
+
+
+def test_the_earliest_deadline_is_synthesized_first() -> None:
+    """When one slot frees up, the sentence due sooner takes it, the one due later waits."""
+    voice = VoiceLibrary().default()
+    holders = _hold_every_slot()
+    order: list[str] = []
+
+    def speak(name: str, due: float) -> None:
+        for _ in voice.synthesize("Hello.", deadline=lambda: due):
+            order.append(name)
+
+    later = threading.Thread(target=speak, args=("later", 2.0), daemon=True)
+    later.start()
+    _wait_until(lambda: SLOTS.waiting == 1)
+    sooner = threading.Thread(target=speak, args=("sooner", 1.0), daemon=True)
+    sooner.start()
+    _wait_until(lambda: SLOTS.waiting == 2)
+    _let_go(holders[:1])  # one slot: the other holders keep theirs until sooner is done
+    sooner.join(60)
+    _let_go(holders[1:])
+    later.join(60)
+    assert order == ["sooner", "later"]
+
+
+def test_cancelled_while_waiting_for_a_slot_speaks_nothing() -> None:
+    """A synthesis cancelled while all slots are busy ends with no chunk and holds no slot."""
+    voice = VoiceLibrary().default()
+    stop = threading.Event()
+    holders = _hold_every_slot()
+    chunks: list[SpeechChunk] = []
+    thread = threading.Thread(
+        target=lambda: chunks.extend(voice.synthesize("Never heard.", cancelled=stop.is_set)),
+        daemon=True,
+    )
+    thread.start()
+    _wait_until(lambda: SLOTS.waiting == 1)
+    stop.set()
+    thread.join(60)
+    _let_go(holders)
+    assert not thread.is_alive() and chunks == []
+    assert SLOTS.waiting == 0 and SLOTS.running == 0

@@ -17,6 +17,7 @@ MODULES = [
     "fish_notebook.local.logs",
     "fish_notebook.local.recorder",
     "fish_notebook.local.server",
+    "fish_notebook.local.slots",
 ]
 
 
