@@ -169,16 +169,6 @@ async def test_latency_changes_chunking(local_server: ThreadedServer) -> None:
     assert " ".join(spoken["low"]) == words.strip()
 
 
-async def test_a_short_first_sentence_is_not_held_back(local_server: ThreadedServer) -> None:
-    """'Sure.' is spoken on its own at once; later short sentences wait to be merged."""
-    headers, match = tagged()
-    tokens = ["Sure.", " Hi.", " Yes.", " This sentence is long enough to stand alone here. "]
-    request = {"format": "pcm", "min_chunk_length": 30}
-    await session(local_server.url, [start(**request), *map(text, tokens), STOP], headers=headers)
-    spoken = (await record_of(local_server, match)).spoken
-    assert spoken == ["Sure.", "Hi. Yes. This sentence is long enough to stand alone here."]
-
-
 # --- the session's life -----------------------------------------------------------------------
 
 
