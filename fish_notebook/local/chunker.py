@@ -14,8 +14,7 @@ Guarantees, for any input and any split of it into :meth:`~TextChunker.feed` cal
   unless it is one single word longer than that.
 - :meth:`feed` returns pieces of at least ``min_chunk_length`` characters whenever the text
   offers a break point that allows it; only :meth:`flush` and :meth:`stop` hand out tiny
-  pieces. With ``first_min_chunk_length`` set, the first piece needs only that many (0: a
-  short first sentence such as "Sure." goes as soon as it is complete).
+  pieces.
 
 Where a piece ends depends on ``latency``:
 
@@ -80,8 +79,7 @@ class TextChunker:
     Call :meth:`feed` with each text as it arrives and speak what it returns; call
     :meth:`flush` to get everything buffered now; call :meth:`stop` at the end of the
     stream. ``chunk_length`` (>= 1) bounds a piece; ``min_chunk_length`` (0..chunk_length)
-    keeps pieces from being tiny; ``first_min_chunk_length`` (0..chunk_length, or None for
-    ``min_chunk_length``) does so for the first piece only.
+    keeps pieces from being tiny.
     """
 
     def __init__(
@@ -90,7 +88,6 @@ class TextChunker:
         chunk_length: int = 200,
         min_chunk_length: int = 50,
         latency: Latency = "balanced",
-        first_min_chunk_length: int | None = None,
     ) -> None:
         if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
             raise ValidationError("chunk_length", chunk_length, "must be an int >= 1")
@@ -102,31 +99,18 @@ class TextChunker:
             raise ValidationError(
                 "min_chunk_length", min_chunk_length, f"must be an int in 0..{chunk_length}"
             )
-        if first_min_chunk_length is not None and (
-            isinstance(first_min_chunk_length, bool)
-            or not isinstance(first_min_chunk_length, int)
-            or not 0 <= first_min_chunk_length <= chunk_length
-        ):
-            raise ValidationError(
-                "first_min_chunk_length",
-                first_min_chunk_length,
-                f"must be None or an int in 0..{chunk_length}",
-            )
         if latency not in ("normal", "balanced", "low"):
             raise ValidationError("latency", latency, "must be 'normal', 'balanced' or 'low'")
         self.chunk_length = chunk_length
         self.min_chunk_length = min_chunk_length
         self.latency: Latency = latency
-        self.first_min_chunk_length = first_min_chunk_length
         self._buffer = ""
         self._stopped = False
-        self._handed_out = False  # a piece has left: min_chunk_length applies from now on
 
     def __repr__(self) -> str:
         return (
             f"TextChunker(chunk_length={self.chunk_length}, "
             f"min_chunk_length={self.min_chunk_length}, latency={self.latency!r}, "
-            f"first_min_chunk_length={self.first_min_chunk_length!r}, "
             f"buffered={len(self._buffer)})"
         )
 
@@ -153,7 +137,6 @@ class TextChunker:
         if _NON_SPACE.search(self._buffer):
             pieces.append(self._buffer)
             self._buffer = ""
-            self._handed_out = True
         return pieces
 
     def stop(self) -> list[str]:
@@ -176,7 +159,6 @@ class TextChunker:
                 return pieces
             pieces.append(self._buffer[:cut])
             self._buffer = self._buffer[cut:]
-            self._handed_out = True
 
     def _find_cut(self) -> int | None:
         """Where the next complete piece ends in the buffer, or None to wait for more text."""
@@ -188,8 +170,7 @@ class TextChunker:
         limit = lead + self.chunk_length  # a piece's text must end at or before this index
         over = _NON_SPACE.search(buf, limit) is not None
         window = buf[: limit + _LOOKAHEAD]
-        opening = self.first_min_chunk_length
-        minimum = self.min_chunk_length if opening is None or self._handed_out else opening
+        minimum = self.min_chunk_length
 
         sentences = [
             end for end in _ends(_SENTENCE_END, window, limit) if not _abbreviated(buf, end)

@@ -4,8 +4,7 @@ A client sees what it would see from Fish Audio's cloud (PROTOCOL.md): binary Me
 frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``log`` /
 ``finish`` / ``error`` out. Guarantees:
 
-- Each sentence is spoken as soon as it is complete (see :mod:`.chunker`; later sentences
-  shorter than ``min_chunk_length`` wait to be merged, the first never does), and its audio
+- Each sentence is spoken as soon as it is complete (see :mod:`.chunker`), and its audio
   is sent as soon as it is synthesized; ``flush`` speaks the buffer now.
 - ``finish`` (reason ``stop``) comes only after the client's ``stop`` and after all the
   audio, also for a session with no text; then the socket closes.
@@ -523,14 +522,10 @@ class _Session:
             request.format, request.effective_sample_rate, mp3_bitrate=request.mp3_bitrate
         )
         min_length = min(request.min_chunk_length, request.chunk_length)
-        # The first sentence goes as soon as it is complete, however short ("Sure."): the
-        # voice speaks sentence by sentence anyway, so holding it back only delays the first
-        # audio (measured: 897 -> 427 ms for a paced answer). Later pieces merge as in the cloud.
         self.chunker = TextChunker(
             chunk_length=request.chunk_length,
             min_chunk_length=min_length,
             latency=request.latency,
-            first_min_chunk_length=0,
         )
 
     async def _pick_voice(self, request: TTSRequest) -> Voice:

@@ -102,30 +102,6 @@ def test_min_chunk_length_merges_short_sentences() -> None:
     assert chunker.feed("This one is long enough. ") == ["Hi. Yes. This one is long enough. "]
 
 
-def test_first_piece_may_be_shorter_than_the_rest() -> None:
-    """first_min_chunk_length=0: "Sure." goes alone; later short sentences still merge."""
-    chunker = TextChunker(min_chunk_length=20, first_min_chunk_length=0)
-    assert chunker.feed("Sure.") == []  # the end is not confirmed until whitespace follows
-    assert chunker.feed(" Hi. ") == ["Sure. "]
-    assert chunker.feed("Yes. ") == []
-    assert chunker.feed("This one is long enough. ") == ["Hi. Yes. This one is long enough. "]
-
-
-def test_first_piece_rule_ends_with_a_flush() -> None:
-    """A flushed piece counts as the first: short sentences after it wait to be merged."""
-    chunker = TextChunker(min_chunk_length=20, first_min_chunk_length=0)
-    assert chunker.feed("Well") == []
-    assert chunker.flush() == ["Well"]
-    assert chunker.feed(" OK. Then. ") == []
-
-
-def test_first_min_chunk_length_is_checked() -> None:
-    """first_min_chunk_length outside 0..chunk_length, or not an int, is refused."""
-    for bad in (-1, 101, 2.5, True):
-        with pytest.raises(ValidationError, match="first_min_chunk_length"):
-            TextChunker(chunk_length=100, first_min_chunk_length=bad)  # type: ignore[arg-type]
-
-
 def test_flush_hands_out_short_text() -> None:
     """flush returns whatever is buffered, even one short word."""
     chunker = TextChunker(min_chunk_length=50)
@@ -294,32 +270,6 @@ def test_no_word_is_split_and_pieces_respect_lengths(
     for piece in fed:
         assert len(piece.strip()) >= min_length
         assert piece.strip()
-
-
-@settings(max_examples=200, deadline=None)
-@given(split_text(), _OPTIONS)
-def test_a_short_first_piece_changes_only_the_first_piece(
-    case: tuple[str, list[str]], options: tuple[int, int, str]
-) -> None:
-    """first_min_chunk_length=0: nothing lost or split; feed's later pieces reach the minimum."""
-    text, parts = case
-    chunk_length, min_length, latency = options
-    chunker = TextChunker(
-        chunk_length=chunk_length,
-        min_chunk_length=min_length,
-        latency=latency,  # type: ignore[arg-type]
-        first_min_chunk_length=0,
-    )
-    fed, rest = run(chunker, parts)
-    pieces = fed + rest
-    joined = "".join(pieces)
-    assert text.startswith(joined) and text[len(joined) :].strip() == ""
-    for cut in cut_positions(pieces):
-        assert not splits_a_word(text, cut), (cut, text[cut - 10 : cut + 10])
-    for piece in pieces:
-        assert piece.strip() and len(piece.strip()) <= chunk_length
-    for piece in fed[1:]:
-        assert len(piece.strip()) >= min_length
 
 
 @settings(max_examples=200, deadline=None)
