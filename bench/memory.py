@@ -61,7 +61,7 @@ def kernel_memory(replay: Replay, seconds: float = 60.0) -> dict[str, float]:
     try:
         base = tracemalloc.get_traced_memory()[0]
         session = Session(f"blast {frames}", base_url=replay.url, start=False)
-        player = display_player(session, display_fn=_display)
+        player = display_player(session, display_fn=_display, fallback="mp3")  # as speak()
         session.start()
         session.wait(120)
         time.sleep(0.2)  # the fallback output is built on the IO thread after the end
@@ -168,7 +168,7 @@ def memory_rows(replay: Replay, server_url: str, server_pid: int, quick: bool) -
             "<= 1.5x",
             ours=[kernel["peak_bytes"] / minutes / MIB],
             peer=[pcm_per_min],
-            note="peak includes the end-of-session <audio> fallback (WAV + base64 in the output)",
+            note="peak includes the end-of-session <audio> fallback (MP3 + base64, as speak())",
         ).finish(lambda ratio, _m: ratio is not None and ratio <= 1.5),
     ]
     rows[0].extra = kernel

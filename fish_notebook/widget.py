@@ -53,7 +53,7 @@ import anywidget
 import traitlets
 from IPython.display import HTML, DisplayHandle, display
 
-from .audio import encode_mp3, wav_bytes
+from .audio import Mp3Encoder, wav_bytes
 from .client import TimedWord
 from .errors import FishNotebookError, MissingDependencyError, ValidationError
 
@@ -403,19 +403,26 @@ class _Fallback:
             if self._published:
                 return
             self._published = True
-        pcm = player.audio
-        if not pcm:
+        with player._lock:
+            chunks = list(player._chunks)
+        if not chunks:
             return
         mime, data = "audio/wav", b""
         if self._format == "mp3":
             try:
-                mime, data = "audio/mpeg", encode_mp3(pcm, player.sample_rate, FALLBACK_MP3_BITRATE)
+                mime, data = "audio/mpeg", _mp3_of(chunks, player.sample_rate)
             except MissingDependencyError:
                 logger.info("lameenc is not installed: the saved audio is WAV")
         if not data:
-            data = wav_bytes(pcm, player.sample_rate)
+            data = wav_bytes(b"".join(chunks), player.sample_rate)
         html = _fallback_html(self._player_id, _audio_tag(mime, data))
         self._context.copy().run(self._handle.update, HTML(html))
+
+
+def _mp3_of(chunks: list[bytes], sample_rate: int) -> bytes:
+    """MP3 of the recording, encoded chunk by chunk: no second whole copy of the PCM."""
+    encoder = Mp3Encoder(sample_rate, bitrate=FALLBACK_MP3_BITRATE)
+    return b"".join([*(encoder.encode(chunk) for chunk in chunks), encoder.finish()])
 
 
 def _audio_tag(mime: str, data: bytes) -> str:
