@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,3 +33,29 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class RecordingListener:
+    """A session listener that writes down every call, in order (it has no ``on_words``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def on_text(self, text: str) -> None:
+        self.calls.append(("text", text))
+
+    def on_flush(self) -> None:
+        self.calls.append(("flush", None))
+
+    def on_audio(self, pcm: bytes, seq: int) -> None:
+        self.calls.append(("audio", (seq, len(pcm))))
+
+    def on_state(self, state: str, error: str | None) -> None:
+        self.calls.append(("state", state))
+
+    def on_metrics(self, metrics: dict[str, Any]) -> None:
+        self.calls.append(("metrics", metrics))
+
+    def of(self, kind: str) -> list[Any]:
+        return [value for name, value in self.calls if name == kind]

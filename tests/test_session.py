@@ -14,35 +14,10 @@ from typing import Any
 import pytest
 
 from fish_notebook import FlushEvent, Session, StreamTimeout, WebSocketError, _loop
+from tests.helpers import RecordingListener
 from tests.wire_server import threaded_wire_server
 
 BYTES_PER_CHAR = 200
-
-
-class Recorder:
-    """A listener that writes down every call, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def on_text(self, text: str) -> None:
-        self.calls.append(("text", text))
-
-    def on_flush(self) -> None:
-        self.calls.append(("flush", None))
-
-    def on_audio(self, pcm: bytes, seq: int) -> None:
-        self.calls.append(("audio", (seq, len(pcm))))
-
-    def on_state(self, state: str, error: str | None) -> None:
-        self.calls.append(("state", state))
-
-    def on_metrics(self, metrics: dict[str, Any]) -> None:
-        self.calls.append(("metrics", metrics))
-
-    def of(self, kind: str) -> list[Any]:
-        return [value for name, value in self.calls if name == kind]
 
 
 def _background_tasks() -> list[asyncio.Task[Any]]:
@@ -82,7 +57,7 @@ def test_listeners_get_replay_then_live_events_without_gaps() -> None:
     """A listener added mid-stream sees every chunk exactly once, seq 0..n-1, in order."""
     with threaded_wire_server() as server:
         source = [x for i in range(8) for x in (f"Sentence {i}.", FlushEvent())]
-        early, late = Recorder(), Recorder()
+        early, late = RecordingListener(), RecordingListener()
         session = Session(iter(source), base_url=server.base_url, start=False)
         session.add_listener(early)
         session.start()
@@ -94,7 +69,7 @@ def test_listeners_get_replay_then_live_events_without_gaps() -> None:
             assert [seq for seq, _ in rec.of("audio")] == list(range(len(session.chunks)))
             assert rec.of("state")[-1] == "finished"
             assert len(rec.of("text")) == 8 and len(rec.of("flush")) == 8
-        after = Recorder()
+        after = RecordingListener()
         session.add_listener(after)
         assert [c for c in after.calls if c[0] != "metrics"] == [
             c for c in late.calls if c[0] not in ("metrics", "state")
@@ -191,7 +166,7 @@ async def test_session_is_awaitable() -> None:
 def test_a_raising_listener_does_not_end_the_session() -> None:
     """A broken listener is logged, and the session goes on."""
 
-    class Broken(Recorder):
+    class Broken(RecordingListener):
         def on_audio(self, pcm: bytes, seq: int) -> None:
             raise ValueError("listener bug")
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +20,7 @@ from fish_notebook.protocol import (
     unpack_server_event,
 )
 from fish_notebook.session import Session, subtitles
+from tests.helpers import RecordingListener
 
 TEXT = "The quick brown fox jumps over the lazy dog. It was 1999, and then it rested."
 
@@ -213,30 +212,7 @@ async def test_connect_with_timestamps(local_server: ThreadedServer) -> None:
     assert_timeline(timeline.words)
 
 
-class Listener:
-    """A listener written before timestamps (no on_words) that records its calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def on_text(self, text: str) -> None:
-        self.calls.append(("text", text))
-
-    def on_flush(self) -> None:
-        self.calls.append(("flush", None))
-
-    def on_audio(self, pcm: bytes, seq: int) -> None:
-        self.calls.append(("audio", len(pcm)))
-
-    def on_state(self, state: str, error: str | None) -> None:
-        self.calls.append(("state", state))
-
-    def on_metrics(self, metrics: dict[str, Any]) -> None:
-        pass
-
-
-class WordListener(Listener):
+class WordListener(RecordingListener):
     """A listener that also hears of words."""
 
     def on_words(self, words: list[TimedWord]) -> None:
@@ -247,7 +223,7 @@ def test_session_words_listeners_and_subtitles(
     local_server: ThreadedServer, tmp_path: Path
 ) -> None:
     """Session(timestamps=True): words on the audio timeline, told to listeners, saved."""
-    live, old = WordListener(), Listener()
+    live, old = WordListener(), RecordingListener()
     session = Session(TEXT, base_url=local_server.url, timestamps=True, start=False)
     session.add_listener(live)
     session.add_listener(old)
@@ -263,7 +239,7 @@ def test_session_words_listeners_and_subtitles(
     heard = 0
     for kind, value in live.calls:
         if kind == "audio":
-            heard += value
+            heard += value[1]
         elif kind == "words":
             assert value[-1].end <= heard / 2 / session.sample_rate + 1e-6
     assert not [c for c in old.calls if c[0] == "words"]
