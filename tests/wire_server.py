@@ -27,7 +27,7 @@ BEHAVIOURS = (
     "finish_error",  # finish reason=error after the first audio
     "error_event",  # an error event (concurrency limit) right after start
     "close_midstream",  # close with a close frame after the first audio
-    "drop_midstream",  # drop the TCP connection (no close frame) after the first audio
+    "drop_midstream",  # end the TCP connection (no close frame) after the first audio
     "garbage",  # send bytes that are not msgpack
     "non_map",  # send a msgpack list
     "unknown_event",  # send an unknown event before each audio
@@ -134,6 +134,14 @@ class WireServer:
                         )
                     )
                     continue
+                if self.behaviour == "drop_midstream" and audio_sent:
+                    # Read everything the client still sends, then end TCP with no close frame.
+                    # Closing with unread data would make the kernel answer with an RST, and an
+                    # RST discards what the client has not read yet: the audio under test.
+                    if name == "stop":
+                        ws.transport.close()
+                        return
+                    continue
                 if self.behaviour == "stall_after_handshake" or (
                     self.behaviour == "stall_midstream" and audio_sent
                 ):
@@ -178,9 +186,6 @@ class WireServer:
             return True
         if self.behaviour == "close_midstream":
             await ws.close(1011, "internal error")
-            return True
-        if self.behaviour == "drop_midstream":
-            ws.transport.abort()
             return True
         return False
 
