@@ -1,0 +1,32 @@
+"""The public surface: every name in ``__all__`` resolves; ``import fish_notebook`` is light."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import fish_notebook
+
+MODULES = ["protocol", "errors", "audio", "sources", "client", "session", "widget", "speaking",
+           "magics", "panel", "play", "cli"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ["", *MODULES])
+def test_every_public_name_resolves(module: str) -> None:
+    """Each name a module lists in __all__ exists."""
+    mod = importlib.import_module(f"fish_notebook.{module}" if module else "fish_notebook")
+    assert mod.__all__, f"{mod.__name__} has an empty __all__"
+    missing = [name for name in mod.__all__ if not hasattr(mod, name)]
+    assert missing == []
+
+
+def test_import_is_light() -> None:
+    """`import fish_notebook` loads neither IPython, widgets nor websockets until they are used."""
+    heavy = "('IPython', 'ipywidgets', 'anywidget', 'websockets')"
+    code = f"import sys, fish_notebook; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert fish_notebook.RealtimeClient.__name__ == "RealtimeClient"  # lazily resolved
