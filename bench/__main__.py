@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                     "row 3 (first sound in notebook)",
                     lambda: [latency.notebook_row(server.url, plan.notebook_repeats)],
                 )
-            if plan.what_if and wanted & {"1", "2", "3"}:
+            if plan.what_if and "1" in wanted:
                 run(
-                    "row 1w-3w (what-if: changes measured before they are made)",
-                    lambda: what_if_rows(server.url, proxy_url, plan),
+                    "row 1v (what-if: a change measured before it is made)",
+                    lambda: what_if_rows(server.url, plan),
                 )
         if wanted & {"4", "7"}:
             payloads[:] = asyncio.run(frames.record_payloads(server.url))
@@ -238,38 +238,25 @@ class _nothing:
         return None
 
 
-def what_if_rows(url: str, proxy_url: str | None, plan: Plan) -> list[Row]:
-    """Rows 1a, 2a and 3 again with changes not made yet, to measure them before making them.
+def what_if_rows(url: str, plan: Plan) -> list[Row]:
+    """Row 1a again with a change not made, to measure it before making it.
 
-    ``flush1``: the client flushes once, when its first sentence is complete (a client-side
-    change; works against any server). ``min0``: the request asks for
-    ``min_chunk_length=0`` (what a server that does not hold back a short first sentence
-    would do; the local voice speaks sentence by sentence anyway).
+    ``min0``: the request asks for ``min_chunk_length=0`` (what a server that does not hold
+    back a short first sentence would do; the local voice speaks sentence by sentence anyway).
+    The earlier what-if of a client that flushes its first complete sentence is now what the
+    client does by default (``early_flush``), so rows 1a, 2a and 3 measure it.
     """
     from . import latency
     from .common import interleave
 
-    http_url = "http" + url[2:]
-    reps = plan.what_if_repeats
     direct = interleave(
         {
-            "flush1": lambda: latency.ours_async(url, first_flush=True).ttfa,
             "min0": lambda: latency.ours_async(url, min_chunk_length=0).ttfa,
-            "sdk": lambda: latency.sdk_async(http_url).ttfa,
+            "sdk": lambda: latency.sdk_async("http" + url[2:]).ttfa,
         },
-        reps,
+        plan.what_if_repeats,
     )
-    rows = [
-        Row(
-            "1w",
-            "what-if 1a: our client flushes its first complete sentence",
-            "ms",
-            "Fish SDK AsyncFishAudio (as row 1a)",
-            "<= 1.0x",
-            ours=direct["flush1"],
-            peer=direct["sdk"],
-            scale=1000,
-        ).finish(lambda ratio, _m: ratio is not None and ratio <= 1.0),
+    return [
         Row(
             "1v",
             "what-if 1a: request min_chunk_length=0 (server-side preview)",
@@ -279,48 +266,8 @@ def what_if_rows(url: str, proxy_url: str | None, plan: Plan) -> list[Row]:
             ours=direct["min0"],
             peer=direct["sdk"],
             scale=1000,
-        ).finish(None),
-    ]
-    if proxy_url is not None:
-        proxied = interleave(
-            {
-                "flush1": lambda: latency.ours_async(proxy_url, first_flush=True).ttfa,
-                "sdk": lambda: latency.sdk_async("http" + proxy_url[2:]).ttfa,
-            },
-            reps,
-        )
-        rows.append(
-            Row(
-                "2w",
-                "what-if 2a: our client flushes its first complete sentence",
-                "ms",
-                "Fish SDK AsyncFishAudio through the same proxy (as row 2a)",
-                "<= 0.8x",
-                ours=proxied["flush1"],
-                peer=proxied["sdk"],
-                scale=1000,
-            ).finish(lambda ratio, _m: ratio is not None and ratio <= 0.8)
-        )
-    notebook = interleave(
-        {
-            "flush1": lambda: latency.session_first_sound(url, first_flush=True),
-            "default": lambda: latency.session_first_sound(url),
-        },
-        plan.notebook_repeats,
-    )
-    rows.append(
-        Row(
-            "3w",
-            "what-if 3: Session whose client flushes its first complete sentence",
-            "ms",
-            "the same Session as row 3 (x row 3's ratio = the new row 3)",
-            "info",
-            ours=notebook["flush1"],
-            peer=notebook["default"],
-            scale=1000,
         ).finish(None)
-    )
-    return rows
+    ]
 
 
 BROWSER_METRICS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser_metrics.json"

@@ -266,26 +266,17 @@ def paced_at(
     first: float = 0.3,
     rate: float = 30.0,
     flush: bool = False,
-    first_flush: bool = False,
 ) -> Iterator[Any]:
     """Tokens of ``text`` due at ``t0 + first + i / rate`` (sleeping in the caller).
 
-    ``flush``: a FlushEvent after every sentence-ending token. ``first_flush``: one
-    FlushEvent once the first sentence is known to be complete (its terminator followed by
-    a token that starts with whitespace, the server's own rule), before that token: a
-    preview of a client that flushes its first sentence itself.
+    ``flush``: a FlushEvent after every sentence-ending token.
     """
-    ended = flushed = False
     for due, token in schedule(text, t0, first, rate):
         delay = due - now()
         if delay > 0:
             time.sleep(delay)
-        if first_flush and ended and not flushed and token[:1].isspace():
-            flushed = True
-            yield FlushEvent()
         yield token
-        ended = _ends_sentence(token)
-        if flush and ended:
+        if flush and _ends_sentence(token):
             yield FlushEvent()
 
 
@@ -296,20 +287,14 @@ async def apaced_at(
     first: float = 0.3,
     rate: float = 30.0,
     flush: bool = False,
-    first_flush: bool = False,
 ) -> AsyncIterator[Any]:
     """The async twin of :func:`paced_at`."""
-    ended = flushed = False
     for due, token in schedule(text, t0, first, rate):
         delay = due - now()
         if delay > 0:
             await asyncio.sleep(delay)
-        if first_flush and ended and not flushed and token[:1].isspace():
-            flushed = True
-            yield FlushEvent()
         yield token
-        ended = _ends_sentence(token)
-        if flush and ended:
+        if flush and _ends_sentence(token):
             yield FlushEvent()
 
 

@@ -54,14 +54,14 @@ class Run:
 # --- one run per client face -----------------------------------------------------------------
 
 
-def ours_async(url: str, text: str = ANSWER, *, first_flush: bool = False, **options: Any) -> Run:
-    """``first_flush`` and ``options`` (request fields) are for the what-if runs."""
+def ours_async(url: str, text: str = ANSWER, **options: Any) -> Run:
+    """``options`` (request fields) are for the what-if runs."""
 
     async def run() -> Run:
         client = AsyncRealtimeClient(base_url=url)
         first, size = None, 0
         t0 = now()
-        tokens = apaced_at(text, t0, first_flush=first_flush)
+        tokens = apaced_at(text, t0)
         stream = client.stream_websocket(tokens, format="pcm", **options)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
@@ -205,11 +205,11 @@ class _FirstAudio:
     def on_metrics(self, metrics: dict[str, Any]) -> None: ...
 
 
-def session_first_sound(url: str, *, first_flush: bool = False, **options: Any) -> float:
+def session_first_sound(url: str, **options: Any) -> float:
     """Ours: a Session on the paced ten-sentence answer; its first chunk reaching a listener."""
     listener = _FirstAudio()
     t0 = now()
-    tokens = paced_at(TEN_SENTENCES, t0, first_flush=first_flush)
+    tokens = paced_at(TEN_SENTENCES, t0)
     session = Session(tokens, base_url=url, start=False, **options)
     session.add_listener(listener)  # type: ignore[arg-type]
     session.start()
