@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
 from . import _loop
 from .audio import AudioDecoder, PcmDecoder, format_decoder, save_audio
@@ -46,7 +46,10 @@ logger = logging.getLogger("fish_notebook.session")
 
 _S = TypeVar("_S", bound="Session")
 SessionState = Literal["connecting", "streaming", "finished", "failed", "stopped"]
-FINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "stopped"})
+#: Every state a session passes through, in order; the last three are final. Declared once
+#: here: the player hands them to the page (the widget's ``vocab`` trait), nobody retypes them.
+SESSION_STATES: tuple[SessionState, ...] = get_args(SessionState)
+FINAL_STATES: frozenset[str] = frozenset(SESSION_STATES[2:])
 METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
 
 

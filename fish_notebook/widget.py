@@ -56,6 +56,7 @@ from IPython.display import HTML, DisplayHandle, display
 from .audio import Mp3Encoder, wav_bytes
 from .client import TimedWord
 from .errors import FishNotebookError, MissingDependencyError, ValidationError
+from .session import FINAL_STATES, SESSION_STATES
 
 __all__ = ["Controls", "Player", "display_player"]
 
@@ -67,8 +68,6 @@ _STATIC = pathlib.Path(__file__).parent / "static"
 FALLBACK_FORMATS = ("wav", "mp3", None)
 FALLBACK_MP3_BITRATE = 64
 
-#: Session states after which no more audio comes.
-TERMINAL_STATES = frozenset({"finished", "failed", "stopped"})
 
 #: Seconds between transcript updates sent to the browser while text streams in.
 TRANSCRIPT_INTERVAL = 0.1
@@ -124,6 +123,11 @@ class Player(anywidget.AnyWidget):
     chunk_count = traitlets.Int(0).tag(sync=True)
     #: Identifies this player's fallback ``<audio>`` output in the page.
     player_id = traitlets.Unicode("").tag(sync=True)
+    #: Vocabularies shared with the page, declared once in Python: ``states`` (every
+    #: status, in order) and ``final_states`` (after which no more audio comes).
+    vocab = traitlets.Dict(
+        {"states": ["idle", *SESSION_STATES], "final_states": sorted(FINAL_STATES)}
+    ).tag(sync=True)
     #: Written by the browser: what it received, scheduled and played (see player.js).
     stats = traitlets.Dict().tag(sync=True)
 
@@ -300,7 +304,7 @@ class Player(anywidget.AnyWidget):
         self._publish_transcript(now=True)
         self.error = error or ""
         self.status = state
-        if state in TERMINAL_STATES and self._fallback is not None:
+        if state in FINAL_STATES and self._fallback is not None:
             self._fallback.publish(self)
 
     def on_metrics(self, metrics: dict[str, Any]) -> None:
@@ -378,7 +382,7 @@ class Player(anywidget.AnyWidget):
 
     def _set_fallback(self, fallback: _Fallback) -> None:
         self._fallback = fallback
-        if self.status in TERMINAL_STATES:
+        if self.status in FINAL_STATES:
             fallback.publish(self)
 
 
