@@ -24,6 +24,7 @@ from typing import Any
 from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.protocol import FlushEvent
 from fish_notebook.sources import llm_tokens
+from fish_notebook.text import ends_sentence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -255,10 +256,6 @@ def schedule(text: str, t0: float, first: float, rate: float) -> list[tuple[floa
     return [(t0 + first + i / rate, token) for i, token in enumerate(llm_tokens(text))]
 
 
-def _ends_sentence(token: str) -> bool:
-    return token.rstrip("\"')]”’").endswith((".", "!", "?", "…"))
-
-
 def paced_at(
     text: str,
     t0: float,
@@ -276,7 +273,7 @@ def paced_at(
         if delay > 0:
             time.sleep(delay)
         yield token
-        if flush and _ends_sentence(token):
+        if flush and ends_sentence(token):
             yield FlushEvent()
 
 
@@ -294,7 +291,7 @@ async def apaced_at(
         if delay > 0:
             await asyncio.sleep(delay)
         yield token
-        if flush and _ends_sentence(token):
+        if flush and ends_sentence(token):
             yield FlushEvent()
 
 

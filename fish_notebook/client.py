@@ -75,7 +75,8 @@ from .protocol import (
     pack,
     unpack_server_event,
 )
-from .sources import completes_sentence, iter_source
+from .sources import iter_source
+from .text import completes_sentence
 
 __all__ = [
     "AsyncRealtimeClient",

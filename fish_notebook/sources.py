@@ -33,13 +33,13 @@ from typing import Any, TypeAlias
 
 from .errors import SessionStateError, ValidationError
 from .protocol import FlushEvent, TextEvent
+from .text import ends_sentence
 
 __all__ = [
     "Source",
     "SourceEvent",
     "SourceIterator",
     "apaced",
-    "completes_sentence",
     "iter_audio",
     "iter_source",
     "llm_tokens",
@@ -488,7 +488,6 @@ def iter_source(source: Source, *, max_buffered: int = 64) -> SourceIterator:
 # --- a local stream paced like an LLM -------------------------------------------------------
 
 _TOKEN = re.compile(r"\s*(?:\w+(?:['’]\w+)*|[^\w\s]+)|\s+")
-_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*\s*$")
 _LONG_WORD = 8  # LLM tokenizers split long words; so do we, into pieces of about 4 letters
 
 
@@ -526,8 +525,10 @@ def _check_pace(tokens_per_second: float, first_token_delay: float) -> None:
         raise ValidationError("first_token_delay", first_token_delay, "must be a number >= 0")
 
 
-def _ends_sentence(token: str) -> bool:
-    return _SENTENCE_END.search(token) is not None
+def _ends_sentence_at(tokens: list[str], index: int) -> bool:
+    """Does the text up to and including ``tokens[index]`` end a sentence? (The tail is
+    enough to tell an abbreviation: ``Dr`` and ``.`` are separate tokens.)"""
+    return ends_sentence("".join(tokens[max(0, index - 8) : index + 1]))
 
 
 def paced(
@@ -550,12 +551,13 @@ def paced(
     """
     _check_pace(tokens_per_second, first_token_delay)
     start = time.monotonic() + first_token_delay
-    for index, token in enumerate(llm_tokens(text)):
+    tokens = llm_tokens(text)
+    for index, token in enumerate(tokens):
         delay = start + index / tokens_per_second - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         yield token
-        if flush_at_sentence_end and _ends_sentence(token):
+        if flush_at_sentence_end and _ends_sentence_at(tokens, index):
             yield FlushEvent()
 
 
@@ -570,12 +572,13 @@ async def apaced(
     _check_pace(tokens_per_second, first_token_delay)
     loop = asyncio.get_running_loop()
     start = loop.time() + first_token_delay
-    for index, token in enumerate(llm_tokens(text)):
+    tokens = llm_tokens(text)
+    for index, token in enumerate(tokens):
         delay = start + index / tokens_per_second - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         yield token
-        if flush_at_sentence_end and _ends_sentence(token):
+        if flush_at_sentence_end and _ends_sentence_at(tokens, index):
             yield FlushEvent()
 
 
@@ -596,51 +599,3 @@ def iter_audio(source: Any, *, max_buffered: int = 64) -> SourceIterator:
     TypeError naming the item and its position.
     """
     return SourceIterator(source, max_buffered=max_buffered, normalize=_audio_item)
-
-
-# --- where the first sentence ends (for the client's early flush) ----------------------------
-
-_SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]]*$")
-_NOT_SENTENCE_ENDS = frozenset(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "mx",
-        "dr",
-        "prof",
-        "sr",
-        "jr",
-        "st",
-        "mt",
-        "vs",
-        "cf",
-        "approx",
-        "fig",
-        "eq",
-        "gen",
-        "gov",
-        "lt",
-        "col",
-        "sgt",
-        "capt",
-        "rev",
-        "hon",
-        "e.g",
-        "i.e",
-        "a.m",
-        "p.m",
-        "u.s",
-        "u.k",
-        "ca",
-    ]
-)
-
-
-def completes_sentence(text_so_far: str, next_text: str) -> bool:
-    """True when ``text_so_far`` ends a sentence, as ``next_text`` (starting with a space)
-    confirms: "Hi." + " There" yes; "Mr." + " Smith", "3." + "5", "e.g." + " this" no."""
-    if not next_text[:1].isspace() or not _SENTENCE_END.search(text_so_far):
-        return False
-    last_word = text_so_far.rstrip("\"'”’)]").rsplit(None, 1)[-1].lower().rstrip(".")
-    return last_word not in _NOT_SENTENCE_ENDS and not (len(last_word) == 1 and last_word.isalpha())

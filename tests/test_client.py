@@ -382,7 +382,7 @@ async def test_early_flush_after_the_first_sentence() -> None:
 
 def test_completes_sentence() -> None:
     """Sentence ends need a following space and are not abbreviations or decimals."""
-    from fish_notebook.sources import completes_sentence
+    from fish_notebook.text import completes_sentence
 
     assert completes_sentence("Hi there.", " Next")
     assert completes_sentence('He said "stop!"', " Then")

@@ -25,12 +25,9 @@ Where a piece ends depends on ``latency``:
 - ``"normal"``: sentences are merged until adding more would exceed ``chunk_length``,
   which gives the voice the most context and the longest wait.
 
-A sentence ends at ``. ! ? …`` (with any closing quotes or brackets) followed by whitespace,
-at ``。！？`` followed by anything, and at a blank line. A ``.`` after a known abbreviation
-(``Mr.``, ``e.g.``, ``etc.`` is not one), after a single capital initial (``J. R. R.``)
-or inside a number (``3.5``, no whitespace follows) does not end a sentence. A terminator at
-the very end of the buffer is not taken as an end until the next character arrives (it may
-be ``3.`` of ``3.5``) or the client flushes.
+Where sentences and clauses end, and what an abbreviation is, are the text rules of
+:mod:`fish_notebook.text`. A terminator at the very end of the buffer is not taken as an end
+until the next character arrives (it may be ``3.`` of ``3.5``) or the client flushes.
 """
 
 from __future__ import annotations
@@ -39,36 +36,15 @@ import re
 from typing import Literal
 
 from ..errors import SessionStateError, ValidationError
+from ..text import CLAUSE_END, SENTENCE_END, WORD_GAP, is_abbreviation
 
 __all__ = ["TextChunker"]
 
 Latency = Literal["normal", "balanced", "low"]
 
-_CLOSERS = "\"'”’)\\]}»」』）》】"
-_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_PUNCT = "。！？，、；：「」『』（）《》【】"
-
-_SENTENCE_END = re.compile(
-    rf"[.!?…]+[{_CLOSERS}]*(?=\s)"  # latin terminators need whitespace after them
-    rf"|[。！？]+[{_CLOSERS}]*(?=[^{_CLOSERS}])"  # CJK ones need one more (non-closing) char
-    r"|\n[^\S\n]*\n",  # a blank line ends a paragraph
-    re.DOTALL,
-)
-_CLAUSE_END = re.compile(
-    rf"[,;:]+[{_CLOSERS}]*(?=\s)|[，、；：]+[{_CLOSERS}]*(?=[^{_CLOSERS}])|\n",
-    re.DOTALL,
-)
-# Places between words: after a whitespace run, or between CJK characters / punctuation.
-_WORD_GAP = re.compile(rf"\s+(?=\S)|(?<=[{_CJK_CHARS}{_CJK_PUNCT}])(?=[{_CJK_CHARS}])")
 _NON_SPACE = re.compile(r"\S")
 _SPACE_RUN = re.compile(r"\s*")
-_LAST_WORD = re.compile(r"(\S+)\Z")
 
-# Lowercase, without the final dot. "etc." and "no." end sentences too often to be here.
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms mx dr prof sr jr st mt vs cf approx fig figs eq gen gov lt col sgt capt cmdr "  # noqa: SIM905
-    "rev hon e.g i.e a.m p.m u.s u.k ca".split()
-)
 # How far past chunk_length to look for the whitespace that confirms a sentence end.
 _LOOKAHEAD = 64
 
@@ -173,9 +149,9 @@ class TextChunker:
         minimum = self.min_chunk_length
 
         sentences = [
-            end for end in _ends(_SENTENCE_END, window, limit) if not _abbreviated(buf, end)
+            end for end in _ends(SENTENCE_END, window, limit) if not is_abbreviation(buf, end)
         ]
-        clauses = _ends(_CLAUSE_END, window, limit) if self.latency == "low" or over else []
+        clauses = _ends(CLAUSE_END, window, limit) if self.latency == "low" or over else []
 
         def big(ends: list[int]) -> list[int]:
             return [end for end in ends if _text_end(buf, end) - lead >= minimum]
@@ -191,14 +167,14 @@ class TextChunker:
         # The buffer holds more than one piece may: cut at the best place within the limit.
         gap_ends = [
             end
-            for end in (_text_end(buf, m.end()) for m in _WORD_GAP.finditer(window))
+            for end in (_text_end(buf, m.end()) for m in WORD_GAP.finditer(window))
             if lead < end <= limit
         ]
         for ends in (big(sentences), big(clauses), big(gap_ends), sentences, clauses, gap_ends):
             if ends:
                 return self._after_space(ends[-1])
         # One word longer than chunk_length: it becomes a piece of its own, once it ends.
-        gap = _WORD_GAP.search(buf, limit)
+        gap = WORD_GAP.search(buf, limit)
         return gap.end() if gap else None
 
     def _after_space(self, end: int) -> int:
@@ -218,18 +194,3 @@ def _text_end(buf: str, gap: int) -> int:
     while end > 0 and buf[end - 1].isspace():
         end -= 1
     return end
-
-
-def _abbreviated(buf: str, end: int) -> bool:
-    """True when the single ``.`` ending at ``end`` closes an abbreviation, not a sentence."""
-    if end < 2 or buf[end - 1] != "." or buf[end - 2] in ".!?…":
-        return False
-    word = _LAST_WORD.search(buf, 0, end - 1)
-    if word is None:
-        return False
-    token = word.group(1).lstrip(_CLOSERS + "(\"'[{«“‘")
-    if token.lower() in _ABBREVIATIONS:
-        return True
-    if len(token) == 1 and token.isalpha() and token.isupper() and token != "I":
-        return True  # an initial: "J. R. R. Tolkien"
-    return bool(re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]", token))  # "U.S.A."

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..text import WORD
 from .engine import PhonemeSpan
 
 __all__ = [
@@ -50,10 +50,6 @@ _PUNCTUATION = frozenset(",.;:!?")
 # Marks that espeak places differently in context and alone (stress, length, linking glide).
 _MARKS = frozenset("ˈˌːˑʲ")
 _SPACE = " "
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# A word: a CJK character (scripts without spaces: one character each), or a run of
-# anything else that is not whitespace.
-_WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ class TimedWord:
 
 def split_words(text: str) -> list[TextWord]:
     """The words of ``text``: whitespace-separated runs, and each CJK character alone."""
-    return [TextWord(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    return [TextWord(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
 
 
 def _sounds(phonemes: Sequence[str]) -> list[str]:
