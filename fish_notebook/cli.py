@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from . import endpoints
 from ._version import __version__
 from .errors import FishNotebookError, ValidationError
 
@@ -159,20 +160,6 @@ def _output_path(output: str, format: str | None) -> Path:
     return path
 
 
-def _where(url: str | None) -> str:
-    """Where the client will connect, for the first progress line."""
-    from .client import resolve_endpoint
-
-    endpoint = resolve_endpoint(url, os.environ.get("FISH_API_KEY") or None)
-    if endpoint is None:
-        return "the embedded local server"
-    if endpoint.origin == "cloud":
-        return "Fish Audio's cloud"
-    if endpoint.origin == "FISH_BASE_URL":
-        return f"{endpoint.url} (FISH_BASE_URL)"
-    return endpoint.url
-
-
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, taken like Ctrl-C: the session stops and saves what it has."""
 
@@ -263,7 +250,7 @@ def _say(args: argparse.Namespace) -> int:
             latency=args.latency,
             start=False,
         )
-        where = _where(args.url)
+        where = endpoints.describe(args.url, os.environ.get("FISH_API_KEY") or None)
     except ValidationError as exc:
         return fail(exc, EXIT_USAGE)
     except FishNotebookError as exc:

@@ -27,7 +27,6 @@ import queue
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -42,9 +41,10 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from . import _loop
-from ._local_process import ensure_local_server
+from . import _loop, endpoints
+from ._net import RedactingLogger
 from ._version import __version__
+from .endpoints import Endpoint
 from .errors import (
     AuthenticationError,
     ConnectError,
@@ -58,10 +58,7 @@ from .errors import (
     WebSocketError,
 )
 from .protocol import (
-    CLOUD_BASE_URL,
     DEFAULT_MODEL,
-    LIVE_PATH,
-    LIVE_TIMESTAMP_PATH,
     AudioEvent,
     ErrorEvent,
     FinishEvent,
@@ -87,7 +84,6 @@ __all__ = [
     "Timeout",
     "WordTimeline",
     "build_request",
-    "resolve_endpoint",
 ]
 
 logger = logging.getLogger("fish_notebook.client")
@@ -122,53 +118,6 @@ class Timeout:
         if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             return cls(value, value, value)
         raise ValidationError("timeout", value, "must be a Timeout, a number of seconds or None")
-
-
-# --- where to connect (no I/O) -------------------------------------------------------------
-
-
-def _websocket_url(base_url: str, *, timestamps: bool) -> str:
-    """Turn an http(s)/ws(s) base URL into the live endpoint's ws(s) URL."""
-    parsed = urllib.parse.urlsplit(base_url.strip())
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parsed.scheme.lower())
-    if scheme is None or not parsed.netloc:
-        raise ValidationError(
-            "base_url", base_url, "must be an http://, https://, ws:// or wss:// URL with a host"
-        )
-    path = parsed.path.rstrip("/")
-    endpoint = LIVE_TIMESTAMP_PATH if timestamps else LIVE_PATH
-    if path.endswith(LIVE_TIMESTAMP_PATH):
-        path = path[: -len(LIVE_TIMESTAMP_PATH)]
-    elif path.endswith(LIVE_PATH):
-        path = path[: -len(LIVE_PATH)]
-    return urllib.parse.urlunsplit((scheme, parsed.netloc, path + endpoint, parsed.query, ""))
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a stream connects, and why there (for messages)."""
-
-    url: str
-    origin: str  # "argument" | "FISH_BASE_URL" | "cloud" | "local"
-
-    @property
-    def is_loopback(self) -> bool:
-        host = urllib.parse.urlsplit(self.url).hostname or ""
-        return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def resolve_endpoint(
-    base_url: str | None, api_key: str | None, *, timestamps: bool = False
-) -> Endpoint | None:
-    """Pick the endpoint by the documented order; None means "start the local server"."""
-    if base_url:
-        return Endpoint(_websocket_url(base_url, timestamps=timestamps), "argument")
-    env_url = os.environ.get("FISH_BASE_URL")
-    if env_url:
-        return Endpoint(_websocket_url(env_url, timestamps=timestamps), "FISH_BASE_URL")
-    if api_key:
-        return Endpoint(_websocket_url(CLOUD_BASE_URL, timestamps=timestamps), "cloud")
-    return None
 
 
 def build_request(
@@ -287,24 +236,6 @@ class WordTimeline:
         return placed
 
 
-class _RedactingLogger(logging.LoggerAdapter):
-    """Hands websockets a logger that never writes the credentials it logs at DEBUG."""
-
-    def __init__(self, base: logging.Logger, secret: str | None):
-        super().__init__(base, {})
-        self._secret = secret
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if self.isEnabledFor(level):
-            clean = tuple(self._redact(a) for a in args)
-            self.logger.log(level, self._redact(msg), *clean, **kwargs)
-
-    def _redact(self, value: object) -> object:
-        if self._secret and isinstance(value, str) and self._secret in value:
-            return value.replace(self._secret, "***")
-        return value
-
-
 # --- the stream ----------------------------------------------------------------------------
 
 
@@ -338,8 +269,10 @@ class AsyncRealtimeStream:
         headers: Mapping[str, str],
         timeout: Timeout,
         log: logging.LoggerAdapter,
+        timestamps: bool = False,
     ) -> None:
         self.endpoint = endpoint
+        self.timestamps = timestamps
         self.request = request
         self.model = model
         self._headers = dict(headers)
@@ -353,7 +286,8 @@ class AsyncRealtimeStream:
         self.finish: FinishEvent | None = None
 
     def __repr__(self) -> str:
-        return f"<AsyncRealtimeStream {self._state.value} {self.endpoint.url} model={self.model}>"
+        where = self.endpoint.safe_base
+        return f"<AsyncRealtimeStream {self._state.value} {where} model={self.model}>"
 
     @property
     def state(self) -> StreamState:
@@ -363,7 +297,7 @@ class AsyncRealtimeStream:
         """Connect, handshake and send ``start``. Bounded by ``timeout.connect``."""
         if self._state is not StreamState.UNOPENED:
             raise SessionStateError(f"stream already {self._state.value}; open a new one")
-        url = self.endpoint.url
+        url = self.endpoint.ws_url(timestamps=self.timestamps)
         try:
             self._ws = await websockets.connect(
                 url,
@@ -388,7 +322,10 @@ class AsyncRealtimeStream:
                 "is the server up and the URL right?"
             ) from exc
         except (OSError, InvalidHandshake) as exc:
-            raise ConnectError(_connect_advice(url, self.endpoint.origin, exc)) from exc
+            raise ConnectError(
+                f"cannot connect to {url} ({type(exc).__name__}: {exc}): "
+                f"{self.endpoint.advice()}, or start a server with `fish-notebook serve`"
+            ) from exc
         self._state = StreamState.OPEN
         self._opened.set()
         await self._send(StartEvent(self.request))
@@ -569,19 +506,6 @@ def _closed_error(exc: ConnectionClosed) -> WebSocketError:
     )
 
 
-def _connect_advice(url: str, origin: str, exc: BaseException) -> str:
-    advice = {
-        "argument": "check the base_url you passed",
-        "FISH_BASE_URL": "check FISH_BASE_URL (unset it to use the embedded local server)",
-        "cloud": "check the network, or unset FISH_API_KEY to use the embedded local server",
-        "local": "the embedded local server did not answer; see its log above",
-    }[origin]
-    return (
-        f"cannot connect to {url} ({type(exc).__name__}: {exc}): {advice}, "
-        "or start a server with `fish-notebook serve`"
-    )
-
-
 # --- clients --------------------------------------------------------------------------------
 
 
@@ -600,6 +524,9 @@ class AsyncRealtimeClient:
             what happens when it is not given.
         model: the ``model`` header (default ``s2-pro``); unknown names fall back server-side.
         timeout: a :class:`Timeout` or seconds for every bound.
+        backend: ``"auto"`` (the order in :mod:`fish_notebook.endpoints`), ``"local"`` (the
+            embedded server whatever the environment says; no key is ever sent to it) or
+            ``"cloud"``; an explicit ``base_url`` wins over it.
     """
 
     def __init__(
@@ -609,26 +536,25 @@ class AsyncRealtimeClient:
         *,
         model: str = DEFAULT_MODEL,
         timeout: Timeout | float | None = _UNSET,
+        backend: str = "auto",
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ValidationError("api_key", type(api_key).__name__, "must be a str or None")
         if not isinstance(model, str) or not model:
             raise ValidationError("model", model, "must be a non-empty str")
-        self._api_key = api_key if api_key is not None else os.environ.get("FISH_API_KEY") or None
+        if api_key is None:
+            api_key = os.environ.get("FISH_API_KEY") or None
+        self._api_key = None if backend == "local" and not base_url else api_key
         self._base_url = base_url
-        if base_url is not None:
-            _websocket_url(base_url, timestamps=False)  # validate now, fail early
+        self._backend = backend
+        endpoints.plan(base_url, self._api_key, backend)  # validate now, fail early
         self.model = model
         self.timeout = Timeout() if timeout is _UNSET else Timeout.coerce(timeout)
         self._state = _ClientState.OPEN
-        self._log = _RedactingLogger(logger, self._api_key)
+        self._log = RedactingLogger(logger, self._api_key)
 
     def __repr__(self) -> str:
-        where = (
-            self._base_url
-            or os.environ.get("FISH_BASE_URL")
-            or ("cloud" if self._api_key else "local")
-        )
+        where = endpoints.describe(self._base_url, self._api_key, self._backend)
         key = "set" if self._api_key else "none"
         return f"<AsyncRealtimeClient {where} model={self.model} api_key={key}>"
 
@@ -637,13 +563,9 @@ class AsyncRealtimeClient:
         """So ``client.tts.stream_websocket(...)`` reads as with the Fish SDK."""
         return self
 
-    async def resolve(self, *, timestamps: bool = False) -> Endpoint:
+    async def resolve(self) -> Endpoint:
         """Where streams connect, starting the embedded server if that is the answer."""
-        endpoint = resolve_endpoint(self._base_url, self._api_key, timestamps=timestamps)
-        if endpoint is None:
-            base = await asyncio.to_thread(ensure_local_server)
-            endpoint = Endpoint(_websocket_url(base, timestamps=timestamps), "local")
-        return endpoint
+        return await endpoints.aresolve(self._base_url, self._api_key, self._backend)
 
     def _headers(self, model: str) -> dict[str, str]:
         headers = {"model": model}
@@ -675,12 +597,12 @@ class AsyncRealtimeClient:
     async def _open_stream(
         self, request: TTSRequest, model: str, timestamps: bool
     ) -> AsyncRealtimeStream:
-        stream = self._new_stream(await self.resolve(timestamps=timestamps), request, model)
+        stream = self._new_stream(await self.resolve(), request, model, timestamps)
         await stream.open()
         return stream
 
     def _new_stream(
-        self, endpoint: Endpoint, request: TTSRequest, model: str
+        self, endpoint: Endpoint, request: TTSRequest, model: str, timestamps: bool
     ) -> AsyncRealtimeStream:
         return AsyncRealtimeStream(
             endpoint,
@@ -689,6 +611,7 @@ class AsyncRealtimeClient:
             headers=self._headers(model),
             timeout=self.timeout,
             log=self._log,
+            timestamps=timestamps,
         )
 
     @overload
@@ -869,8 +792,10 @@ class _EventStream:
         self.stream: AsyncRealtimeStream | None = None
 
     async def __aenter__(self) -> AsyncIterator[ServerEvent]:
-        endpoint = await self._client.resolve(timestamps=self._timestamps)
-        self.stream = self._client._new_stream(endpoint, self._request, self._model)
+        endpoint = await self._client.resolve()
+        self.stream = self._client._new_stream(
+            endpoint, self._request, self._model, self._timestamps
+        )
         self._sender = asyncio.create_task(self._send_all(self.stream), name="fish-notebook-sender")
         try:
             await self.stream.open()

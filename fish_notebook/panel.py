@@ -28,7 +28,6 @@ import collections
 import contextlib
 import html
 import json
-import os
 import re
 import threading
 import urllib.parse
@@ -37,9 +36,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ._local_process import ensure_local_server
+from . import endpoints
 from .errors import FishNotebookError
-from .protocol import CLOUD_BASE_URL, LATENCY_MODES, FlushEvent
+from .protocol import LATENCY_MODES, FlushEvent
 from .session import FINAL_STATES, Session
 from .speaking import defaults, speak
 from .widget import Player
@@ -48,7 +47,6 @@ __all__ = ["SpeakPanel", "TextFeed", "fetch_voices", "voices_url"]
 
 VOICES_PATH = "/v1/voices"
 _WORD = re.compile(r"\s*\S+\s*")
-_CLOUD_HOST = urllib.parse.urlsplit(CLOUD_BASE_URL).hostname
 
 
 class TextFeed:
@@ -137,19 +135,6 @@ def _resolve(future: asyncio.Future[None]) -> None:
 # --- voices ---------------------------------------------------------------------------------
 
 
-def _http_base(url: str) -> str | None:
-    """The http(s) base of a server URL; None for Fish Audio's cloud (it has no voice list)."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    if parts.hostname == _CLOUD_HOST:
-        return None
-    path = parts.path.rstrip("/")
-    for suffix in ("/v1/tts/live/with-timestamp", "/v1/tts/live"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
 def voices_url(
     backend: str | None = None, base_url: str | None = None, api_key: str | None = None
 ) -> str | None:
@@ -157,21 +142,8 @@ def voices_url(
 
     May start the embedded server (that is where speech would go anyway).
     """
-    backend = backend or defaults.backend
-    base_url = base_url or defaults.url
-    if base_url:
-        base = _http_base(base_url)
-    elif backend == "cloud":
-        base = None
-    elif backend == "local":
-        base = _http_base(ensure_local_server())
-    elif os.environ.get("FISH_BASE_URL"):
-        base = _http_base(os.environ["FISH_BASE_URL"])
-    elif api_key or os.environ.get("FISH_API_KEY"):
-        base = None
-    else:
-        base = _http_base(ensure_local_server())
-    return None if base is None else base + VOICES_PATH
+    endpoint = endpoints.resolve(base_url or defaults.url, api_key, backend or defaults.backend)
+    return None if endpoint.is_cloud else endpoint.http_url(VOICES_PATH)
 
 
 def fetch_voices(url: str, *, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -15,19 +15,18 @@ came back, to draw as SVG (the "why flush matters" notebook).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import html
 import os
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ._local_process import ensure_local_server
-from .client import AsyncRealtimeClient, Endpoint, build_request, resolve_endpoint
+from . import endpoints
+from .client import AsyncRealtimeClient, build_request
+from .endpoints import BACKENDS
 from .errors import MissingDependencyError, ValidationError
-from .protocol import CLOUD_BASE_URL, LATENCY_MODES
+from .protocol import LATENCY_MODES
 from .session import FINAL_STATES, Session, SessionListener
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "speak",
 ]
 
-BACKENDS = ("auto", "local", "cloud")
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 
 
@@ -82,13 +80,12 @@ class SpeakDefaults:
 
     def check(self) -> None:
         """Raise ValidationError if a value cannot be used."""
-        if self.backend not in BACKENDS:
-            raise ValidationError("backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
+        endpoints.plan(None, "(checked when used)", self.backend)  # a known backend
         if self.latency is not None and self.latency not in LATENCY_MODES:
             raise ValidationError("latency", self.latency, f"must be one of {LATENCY_MODES}")
         build_request(speed=self.speed, volume=self.volume)  # prosody ranges
         if self.url is not None:
-            resolve_endpoint(self.url, None)  # a URL the client can use
+            endpoints.Endpoint.from_url(self.url, "argument")  # a URL the client can use
         for name in ("voice", "model", "llm_model", "llm_url"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -99,50 +96,14 @@ class SpeakDefaults:
 defaults = SpeakDefaults()
 
 
-def _secret_state(env_name: str, given: str | None = None) -> str:
-    """How a secret is set, without showing any of it."""
-    if given:
-        return "set (hidden)"
-    return f"set in {env_name} (hidden)" if os.environ.get(env_name) else "not set"
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without user info or query (they can hold credentials)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def describe_backend(
     backend: str | None = None, base_url: str | None = None, api_key: str | None = None
 ) -> str:
     """One line saying where speech would go, for people (never shows a key)."""
     backend = backend or defaults.backend
     base_url = base_url or defaults.url
-    if base_url:
-        return f"url {_safe_url(base_url)}"
-    if backend == "local":
-        return "local (the embedded server, started on demand)"
-    if backend == "cloud":
-        return f"cloud ({CLOUD_BASE_URL}), FISH_API_KEY {_secret_state('FISH_API_KEY', api_key)}"
-    env_url = os.environ.get("FISH_BASE_URL")
-    if env_url:
-        return f"auto -> FISH_BASE_URL {_safe_url(env_url)}"
-    if api_key or os.environ.get("FISH_API_KEY"):
-        return f"auto -> cloud ({CLOUD_BASE_URL}), key {_secret_state('FISH_API_KEY', api_key)}"
-    return "auto -> local (the embedded server, started on demand)"
-
-
-class _LocalClient(AsyncRealtimeClient):
-    """A client that always talks to the embedded server, whatever the environment says."""
-
-    async def resolve(self, *, timestamps: bool = False) -> Endpoint:
-        base = await asyncio.to_thread(ensure_local_server)
-        endpoint = resolve_endpoint(base, None, timestamps=timestamps)
-        assert endpoint is not None
-        return Endpoint(endpoint.url, "local")
+    where = endpoints.describe(base_url, api_key, backend)
+    return f"url {where}" if base_url else f"{backend} -> {where}"
 
 
 def make_client(
@@ -157,23 +118,8 @@ def make_client(
     Raises ValidationError for an unknown backend, a bad URL, or ``"cloud"`` with no key.
     """
     backend = backend or defaults.backend
-    base_url = base_url or defaults.url
-    model = model or defaults.model
-    extra: dict[str, Any] = {"model": model} if model else {}
-    if backend not in BACKENDS:
-        raise ValidationError("backend", backend, f"must be one of {', '.join(BACKENDS)}")
-    if base_url:
-        return AsyncRealtimeClient(api_key, base_url, **extra)
-    if backend == "local":
-        return _LocalClient("", None, **extra)  # "": never send a cloud key to it
-    if backend == "cloud":
-        key = api_key or os.environ.get("FISH_API_KEY")
-        if not key:
-            raise ValidationError(
-                "backend", "cloud", "needs a Fish Audio key: set FISH_API_KEY or pass api_key"
-            )
-        return AsyncRealtimeClient(key, CLOUD_BASE_URL, **extra)
-    return AsyncRealtimeClient(api_key, None, **extra)
+    extra: dict[str, Any] = {"model": model or defaults.model} if model or defaults.model else {}
+    return AsyncRealtimeClient(api_key, base_url or defaults.url, backend=backend, **extra)
 
 
 def speak(

@@ -219,7 +219,7 @@ def test_say_to_mp3_follows_fish_base_url(local_server: ThreadedServer, tmp_path
     out = tmp_path / "hello.mp3"
     result = run("say", "An MP3 file, please.", "-o", str(out), FISH_BASE_URL=local_server.http_url)
     assert result.returncode == 0, result.stderr
-    assert "(FISH_BASE_URL)" in result.stderr
+    assert "via FISH_BASE_URL http://127.0.0.1" in result.stderr
     decoder = format_decoder("mp3", 22050)
     pcm = decoder.feed(out.read_bytes()) + decoder.finish()
     assert len(pcm) / 2 / 22050 > 0.5

@@ -26,7 +26,7 @@ from fish_notebook import (
     ValidationError,
     WebSocketError,
 )
-from fish_notebook.client import build_request, resolve_endpoint
+from fish_notebook.client import build_request
 from tests.helpers import REQUEST_FIELDS
 from tests.wire_server import WireServer
 
@@ -280,22 +280,6 @@ def test_options_are_validated_before_any_io() -> None:
         AsyncRealtimeClient(base_url="ftp://example")
     with pytest.raises(ValidationError, match="bogus"):
         build_request(bogus=1)
-
-
-def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argument, then FISH_BASE_URL, then the cloud when a key is set, else local (None)."""
-    monkeypatch.delenv("FISH_BASE_URL", raising=False)
-    assert resolve_endpoint("https://example.com", None).url == "wss://example.com/v1/tts/live"  # type: ignore[union-attr]
-    assert resolve_endpoint("ws://h:1/v1/tts/live", None).url == "ws://h:1/v1/tts/live"  # type: ignore[union-attr]
-    assert (
-        resolve_endpoint("http://h/proxy/", None, timestamps=True).url
-        == "ws://h/proxy/v1/tts/live/with-timestamp"
-    )  # type: ignore[union-attr]
-    assert resolve_endpoint(None, None) is None
-    assert resolve_endpoint(None, "key").url == "wss://api.fish.audio/v1/tts/live"  # type: ignore[union-attr]
-    monkeypatch.setenv("FISH_BASE_URL", "http://127.0.0.1:5000")
-    assert resolve_endpoint(None, "key").origin == "FISH_BASE_URL"  # type: ignore[union-attr]
-    assert resolve_endpoint("http://a:1", "key").origin == "argument"  # type: ignore[union-attr]
 
 
 def test_sdk_config_is_accepted() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import fish_notebook
-from fish_notebook import FlushEvent, ValidationError
+from fish_notebook import FlushEvent, ValidationError, endpoints
 from fish_notebook.audio import pcm_duration, pcm_rms
 from fish_notebook.local.server import ThreadedServer
 from fish_notebook.speaking import (
@@ -95,13 +95,14 @@ def test_backends_pick_where_speech_goes(monkeypatch: pytest.MonkeyPatch) -> Non
     cloud = make_client("cloud")
     assert "api.fish.audio" in repr(cloud) and SECRET not in repr(cloud)
     local = make_client("local")
-    assert type(local).__name__ == "_LocalClient"
+    assert endpoints.plan(local._base_url, local._api_key, local._backend) is None
     assert local._headers("s1") == {"model": "s1"}  # the cloud key never goes to it
     url = make_client(base_url="http://127.0.0.1:2")
     assert "127.0.0.1:2" in repr(url)
     for backend in ("auto", "local", "cloud"):
         assert SECRET not in describe_backend(backend)
-    assert describe_backend("auto").startswith("auto -> FISH_BASE_URL ws://127.0.0.1:1")
+    assert describe_backend("auto").startswith("auto -> FISH_BASE_URL http://127.0.0.1:1")
+    assert "key set (hidden)" in describe_backend("cloud")
     assert describe_backend(base_url="https://user:pw@host:9/x?key=1") == "url https://host:9/x"
 
 

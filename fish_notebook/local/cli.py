@@ -24,8 +24,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from .._net import is_loopback
 from ..errors import FishNotebookError, ValidationError
-from .server import LocalServer, is_loopback
+from .server import LocalServer
 
 __all__ = ["READY_PREFIX", "TOKEN_ENV", "build_parser", "serve_main"]
 

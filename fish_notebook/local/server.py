@@ -41,7 +41,6 @@ import asyncio
 import functools
 import hmac
 import http
-import ipaddress
 import json
 import logging
 import threading
@@ -57,6 +56,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from .._net import RedactingLogger, is_loopback
 from ..errors import ProtocolError, ValidationError
 from ..protocol import (
     LIVE_PATH,
@@ -81,11 +81,10 @@ from ..protocol import (
 from .chunker import TextChunker
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
 from .engine import SpeechChunk, Voice, VoiceLibrary
-from .logs import RedactingLogger
 from .recorder import Recorder, SessionRecord
 from .timing import WordPlan, cut_at_words
 
-__all__ = ["HEALTH_PATH", "VOICES_PATH", "LocalServer", "ThreadedServer", "is_loopback"]
+__all__ = ["HEALTH_PATH", "VOICES_PATH", "LocalServer", "ThreadedServer"]
 
 logger = logging.getLogger("fish_notebook.local")
 
@@ -103,16 +102,6 @@ MAX_MESSAGE = 1000
 #: without a space: 17 s, 30,000: 2 min, in one go) and a synthesis stops only between
 #: pieces, even when its client has gone.
 MAX_PIECE = 600
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` is a loopback address or ``localhost``."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _SessionFailed(Exception):

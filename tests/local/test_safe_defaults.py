@@ -35,9 +35,9 @@ from local_wire import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from fish_notebook._net import REDACTED, RedactingLogger
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.cli import READY_PREFIX, TOKEN_ENV, build_parser, serve_main
-from fish_notebook.local.logs import REDACTED, RedactingLogger
 from fish_notebook.local.server import MAX_PIECE
 
 TOKEN = "tok-3f9c2e71-server"

@@ -1,29 +1,41 @@
-"""A logger for websockets that never writes credentials, even at DEBUG.
+"""Network safety shared by the client and the embedded server: which hosts are loopback, and
+a logger for websockets that never writes credentials, even at DEBUG.
 
 At DEBUG, websockets logs every request header it receives, ``Authorization`` included: the
-server's own token, or an API key a client sent by mistake. The server hands websockets a
-:class:`RedactingLogger` instead, which replaces
+server's own token, or an API key a client sent by mistake. The client and the server hand
+websockets a :class:`RedactingLogger` instead, which replaces
 
 - the value of a credential header (``Authorization``, ``Proxy-Authorization``, ``Cookie``)
   in websockets' ``"< %s: %s"`` header lines,
 - ``Bearer <anything>`` / ``Basic <anything>`` in any message or argument,
-- the server's token wherever it appears,
+- the secret it was given (the client's API key, the server's token) wherever it appears,
 
 with ``<redacted>``. Everything else is logged as websockets meant it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from typing import Any
 
-__all__ = ["REDACTED", "RedactingLogger"]
+__all__ = ["REDACTED", "RedactingLogger", "is_loopback"]
 
 REDACTED = "<redacted>"
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _SCHEME_AND_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is a loopback address or ``localhost``."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class RedactingLogger(logging.LoggerAdapter):
