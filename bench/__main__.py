@@ -312,7 +312,7 @@ def mp3_rows(seconds: float, repeats: int) -> list[Row]:
 
     title = "kernel mp3 decode speed, 44.1k/128k in 4 KiB chunks"
     try:
-        from fish_notebook.audio import Mp3StreamDecoder, encode_mp3
+        from fish_notebook.mp3 import Mp3StreamDecoder, encode_mp3
 
         from . import mp3_decode as m
     except ImportError as exc:

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import miniaudio
 
-from fish_notebook.audio import AudioDecoder, Mp3StreamDecoder, PcmDecoder, encode_mp3
+from fish_notebook.audio import AudioDecoder, PcmDecoder
+from fish_notebook.mp3 import Mp3StreamDecoder, encode_mp3
 
 
 def test_signal(seconds: float, rate: int) -> bytes:
@@ -53,7 +54,7 @@ def test_signal(seconds: float, rate: int) -> bytes:
 
 def mp3_frame_ends(mp3: bytes) -> list[tuple[int, int]]:
     """(byte offset where each frame ends, samples in it), walking the headers."""
-    from fish_notebook.audio import _Mp3Framer
+    from fish_notebook.mp3 import _Mp3Framer
 
     ends, end = [], 0
     for frame in _Mp3Framer().feed(mp3, final=True):

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import endpoints
+from . import endpoints, formats
 from ._version import __version__
 from .errors import FishNotebookError, ValidationError
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("-o", "--output", required=True, metavar="FILE", help="a .wav or .mp3 file")
     say.add_argument(
         "--format",
-        choices=["wav", "mp3"],
+        choices=formats.SAVABLE,
         default=None,
         help="file format when FILE has no .wav/.mp3 suffix (default wav)",
     )
@@ -142,21 +142,15 @@ def _one_line(exc: BaseException) -> str:
 
 def _output_path(output: str, format: str | None) -> Path:
     """Check the output file before any speech: right suffix, existing folder, encoder there."""
-    path = Path(output)
-    suffix = path.suffix.lower()
-    if suffix in (".wav", ".mp3"):
-        if format is not None and format != suffix[1:]:
-            raise ValidationError("--format", format, f"contradicts the output file {output!r}")
-    elif suffix:
-        raise ValidationError("--output", output, "must end in .wav or .mp3 (or set --format)")
-    else:
-        path = path.with_suffix("." + (format or "wav"))
+    try:
+        path, fmt = formats.for_path(output, default=format or "wav")
+    except ValidationError as exc:
+        raise ValidationError("--output", output, f"{exc.allowed} (or set --format)") from exc
+    if format is not None and fmt.name != format:
+        raise ValidationError("--format", format, f"contradicts the output file {output!r}")
     if not path.parent.is_dir():
         raise ValidationError("--output", output, f"its folder {str(path.parent)!r} does not exist")
-    if path.suffix.lower() == ".mp3":
-        from .audio import Mp3Encoder
-
-        Mp3Encoder(44100)  # MissingDependencyError now rather than after the speech
+    fmt.encode_stream(44100)  # MissingDependencyError now rather than after the speech
     return path
 
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
-from . import _loop
-from .audio import AudioDecoder, PcmDecoder, format_decoder, save_audio
+from . import _loop, formats
+from .audio import AudioDecoder, PcmDecoder
 from .client import (
     AsyncRealtimeClient,
     AsyncRealtimeStream,
@@ -36,7 +36,7 @@ from .client import (
     WordTimeline,
     build_request,
 )
-from .errors import SessionStateError, StreamTimeout, ValidationError
+from .errors import SessionStateError, StreamTimeout
 from .protocol import AudioEvent, FlushEvent, LogEvent, TextEvent, TTSRequest
 from .sources import iter_audio
 
@@ -124,8 +124,8 @@ class Session:
         self, sample_rate: int, save: str | os.PathLike[str] | None, format: str | None
     ) -> None:
         """The recording, listeners and metrics: everything a session has whatever feeds it."""
-        if format is not None and format not in ("wav", "mp3"):
-            raise ValidationError("format", format, "a session saves as 'wav' or 'mp3'")
+        if format is not None:
+            formats.savable(format)
         self._save_path = Path(save) if save is not None else None
         self._save_format = format or "wav"
         self.sample_rate: int = sample_rate
@@ -393,7 +393,7 @@ class Session:
         """
         target = Path(path)
         if not target.suffix:
-            target = target.with_suffix("." + self._save_format)
+            target = target.with_suffix(formats.savable(self._save_format).suffix)
         kind = target.suffix.lower()
         if kind in (".vtt", ".srt"):
             if not self.timestamps:
@@ -404,7 +404,7 @@ class Session:
             text = subtitles(self.words, "vtt" if kind == ".vtt" else "srt")
             target.write_text(text, encoding="utf-8")
             return target
-        return save_audio(target, self.audio, self.sample_rate)
+        return formats.save_audio(target, self.audio, self.sample_rate)
 
     def __repr__(self) -> str:
         m = self.metrics
@@ -546,12 +546,11 @@ class Playback(Session):
         save: str | os.PathLike[str] | None = None,
         start: bool = True,
     ) -> None:
-        if format not in ("pcm", "wav", "mp3"):
-            raise ValidationError("format", format, "play() takes 'mp3', 'wav' or 'pcm' audio")
+        stream_format = formats.get(format)
         self._source = stream
         self._stream_format = format
         self._setup(sample_rate, save, "mp3" if format == "mp3" else "wav")
-        self._decoder = format_decoder(format, sample_rate)
+        self._decoder = stream_format.decode_stream(sample_rate)
         if start:
             self.start()
 

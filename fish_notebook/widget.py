@@ -53,7 +53,8 @@ import anywidget
 import traitlets
 from IPython.display import HTML, DisplayHandle, display
 
-from .audio import Mp3Encoder, wav_bytes
+from . import formats
+from .audio import wav_bytes
 from .client import TimedWord
 from .errors import FishNotebookError, MissingDependencyError, ValidationError
 from .session import FINAL_STATES, SESSION_STATES
@@ -65,7 +66,7 @@ logger = logging.getLogger("fish_notebook.widget")
 _STATIC = pathlib.Path(__file__).parent / "static"
 
 #: What :func:`display_player` can embed for widget-less viewers.
-FALLBACK_FORMATS = ("wav", "mp3", None)
+FALLBACK_FORMATS = (*formats.SAVABLE, None)
 FALLBACK_MP3_BITRATE = 64
 
 
@@ -411,21 +412,21 @@ class _Fallback:
             chunks = list(player._chunks)
         if not chunks:
             return
-        mime, data = "audio/wav", b""
-        if self._format == "mp3":
+        fmt, data = formats.get(self._format), b""
+        if fmt.name != "wav":
             try:
-                mime, data = "audio/mpeg", _mp3_of(chunks, player.sample_rate)
+                data = _encode_chunks(fmt, chunks, player.sample_rate)
             except MissingDependencyError:
-                logger.info("lameenc is not installed: the saved audio is WAV")
+                logger.info("no %s encoder is installed: the saved audio is WAV", fmt.name)
         if not data:
-            data = wav_bytes(b"".join(chunks), player.sample_rate)
-        html = _fallback_html(self._player_id, _audio_tag(mime, data))
+            fmt, data = formats.get("wav"), wav_bytes(b"".join(chunks), player.sample_rate)
+        html = _fallback_html(self._player_id, _audio_tag(fmt.mime, data))
         self._context.copy().run(self._handle.update, HTML(html))
 
 
-def _mp3_of(chunks: list[bytes], sample_rate: int) -> bytes:
-    """MP3 of the recording, encoded chunk by chunk: no second whole copy of the PCM."""
-    encoder = Mp3Encoder(sample_rate, bitrate=FALLBACK_MP3_BITRATE)
+def _encode_chunks(fmt: formats.AudioFormat, chunks: list[bytes], sample_rate: int) -> bytes:
+    """The recording in ``fmt``, encoded chunk by chunk: no second whole copy of the PCM."""
+    encoder = fmt.encode_stream(sample_rate, FALLBACK_MP3_BITRATE)
     return b"".join([*(encoder.encode(chunk) for chunk in chunks), encoder.finish()])
 
 

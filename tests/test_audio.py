@@ -20,21 +20,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fish_notebook import audio
+from fish_notebook import audio, formats
 from fish_notebook.audio import (
     UNKNOWN_SIZE,
-    Mp3Encoder,
-    Mp3StreamDecoder,
     PcmDecoder,
     SampleAligner,
     WavDecoder,
     WavStreamParser,
-    encode_mp3,
-    format_decoder,
     pcm_duration,
     pcm_peak,
     pcm_rms,
-    save_audio,
     wav_bytes,
     wav_stream_header,
     write_wav,
@@ -45,6 +40,8 @@ from fish_notebook.errors import (
     SessionStateError,
     ValidationError,
 )
+from fish_notebook.formats import save_audio
+from fish_notebook.mp3 import Mp3Encoder, Mp3StreamDecoder, _Mp3Framer, encode_mp3
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -490,7 +487,7 @@ def test_format_decoder_gives_whole_frames_exactly(
     samples = samples[: len(samples) - len(samples) % channels]
     pcm = struct.pack(f"<{len(samples)}h", *samples)
     stream = pcm if fmt == "pcm" else wav_stream_header(16000, channels) + pcm
-    decoder = format_decoder(fmt, 44100, channels)
+    decoder = formats.get(fmt).decode_stream(44100, channels)
     out = b""
     for piece in split_at(stream, cuts):
         got = decoder.feed(piece)
@@ -522,16 +519,16 @@ def test_pcm_decoder_drops_a_trailing_partial_sample() -> None:
     assert decoder.finish() == b""
 
 
-def test_format_decoder_opus_not_implemented() -> None:
+def test_format_decoder_opus_not_available() -> None:
     """opus decoding is not available, and the message says what to do instead."""
-    with pytest.raises(NotImplementedError, match="format='pcm', 'wav' or 'mp3'"):
-        format_decoder("opus", 44100)
+    with pytest.raises(ValidationError, match="use one of 'pcm', 'wav', 'mp3'"):
+        formats.get("opus").decode_stream(44100)
 
 
 def test_format_decoder_unknown_format() -> None:
     """An unknown format is a ValidationError."""
     with pytest.raises(ValidationError, match="format"):
-        format_decoder("flac", 44100)
+        formats.get("flac")
 
 
 # --- Mp3StreamDecoder ------------------------------------------------------------------------
@@ -620,7 +617,7 @@ def test_mp3_decoder_output_comes_while_the_stream_arrives(miniaudio: Any) -> No
     # All frames complete in the first half are out but the last 128 samples of one.
     complete, end = 0, 0
     for frame, (_rate, samples) in zip(
-        audio._Mp3Framer().feed(mp3, final=True), mp3_frames(mp3), strict=True
+        _Mp3Framer().feed(mp3, final=True), mp3_frames(mp3), strict=True
     ):
         end += len(frame)
         if end > half:
@@ -633,7 +630,7 @@ def test_mp3_decoder_output_comes_while_the_stream_arrives(miniaudio: Any) -> No
 def test_mp3_decoder_each_frame_comes_out_when_it_completes(miniaudio: Any) -> None:
     """Fed frame by frame, every frame but the first gives its audio on its own feed."""
     mp3 = encode_mp3(tone_sequence(22050, (600,)), 22050, bitrate=64)
-    frames = audio._Mp3Framer().feed(mp3, final=True)
+    frames = _Mp3Framer().feed(mp3, final=True)
     decoder = Mp3StreamDecoder(22050)
     outs = [len(decoder.feed(frame)) // 2 for frame in frames]
     assert outs[0] == 0  # the first frame waits for the next header, to be sure it is one
@@ -675,7 +672,7 @@ def test_mp3_decoder_skips_id3_tags_and_junk(miniaudio: Any) -> None:
     mp3 = encode_mp3(tone_sequence(rate, (500, 1500)), rate, bitrate=64)
     clean = Mp3StreamDecoder(rate)
     expected = clean.feed(mp3) + clean.finish()
-    frames = audio._Mp3Framer().feed(mp3, final=True)
+    frames = _Mp3Framer().feed(mp3, final=True)
     tag = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + b"\xff\xfb" * 64  # 128-byte body
     junk = b"\x00\xff\x12junk\xff"
     dirty = tag + junk + b"".join(frames)
@@ -745,7 +742,7 @@ def test_mp3_decoder_thread_ends_on_finish_and_when_dropped(miniaudio: Any) -> N
 
 def test_format_decoder_mp3(miniaudio: Any) -> None:
     """format_decoder('mp3') is the incremental MP3 decoder at the requested rate."""
-    decoder = format_decoder("mp3", 22050)
+    decoder = formats.get("mp3").decode_stream(22050)
     assert isinstance(decoder, Mp3StreamDecoder)
     assert (decoder.sample_rate, decoder.channels) == (22050, 1)
 
@@ -762,10 +759,42 @@ def test_mp3_decoding_without_miniaudio_names_the_extra(monkeypatch: pytest.Monk
     monkeypatch.delitem(sys.modules, "miniaudio", raising=False)
     monkeypatch.setattr(builtins, "__import__", no_miniaudio)
     with pytest.raises(MissingDependencyError, match=r"fish-notebook\[mp3\]"):
-        format_decoder("mp3", 44100)
+        formats.get("mp3").decode_stream(44100)
 
 
 def test_all_exports_exist() -> None:
     """Every name in __all__ is defined."""
     for name in audio.__all__:
         assert hasattr(audio, name), name
+
+
+def test_format_registry_holds_every_wire_format() -> None:
+    """The registry and the protocol name the same formats, and each entry is usable."""
+    from fish_notebook.protocol import AUDIO_FORMATS, default_sample_rate
+
+    assert set(formats.FORMATS) == set(AUDIO_FORMATS)
+    for name, fmt in formats.FORMATS.items():
+        assert fmt.name == name and fmt.suffix.startswith(".") and "/" in fmt.mime
+        assert fmt.default_rate == default_sample_rate(name)
+    assert formats.SAVABLE == ("wav", "mp3")
+
+
+@pytest.mark.parametrize("name", ["pcm", "wav", "mp3"])
+def test_each_encoder_round_trips_through_its_decoder(name: str) -> None:
+    """What a format's encoder makes, its decoder reads back: the same length of audio."""
+    fmt = formats.get(name)
+    pcm = sine_pcm(0.5, 22050)
+    encoder = fmt.encode_stream(22050, 64)
+    data = b"".join([encoder.encode(pcm[:1001]), encoder.encode(pcm[1001:]), encoder.finish()])
+    decoder = fmt.decode_stream(22050)
+    out = decoder.feed(data) + decoder.finish()
+    expected = len(pcm) // 2
+    assert abs(len(out) // 2 - expected) <= (2400 if name == "mp3" else 0)  # MP3 pads frames
+
+
+def test_for_path_adds_the_default_suffix_and_refuses_others(tmp_path: Path) -> None:
+    """A path without suffix takes the default; .ogg is refused naming what is allowed."""
+    path, fmt = formats.for_path(tmp_path / "x", default="mp3")
+    assert path.suffix == ".mp3" and fmt.name == "mp3"
+    with pytest.raises(ValidationError, match=r"\.wav or \.mp3"):
+        formats.for_path(tmp_path / "x.ogg")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fish_notebook import __version__
-from fish_notebook.audio import format_decoder, pcm_rms
+from fish_notebook import __version__, formats
+from fish_notebook.audio import pcm_rms
 from fish_notebook.cli import main, read_stdin_text
 from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.local.recorder import SessionRecord
@@ -220,7 +220,7 @@ def test_say_to_mp3_follows_fish_base_url(local_server: ThreadedServer, tmp_path
     result = run("say", "An MP3 file, please.", "-o", str(out), FISH_BASE_URL=local_server.http_url)
     assert result.returncode == 0, result.stderr
     assert "via FISH_BASE_URL http://127.0.0.1" in result.stderr
-    decoder = format_decoder("mp3", 22050)
+    decoder = formats.get("mp3").decode_stream(22050)
     pcm = decoder.feed(out.read_bytes()) + decoder.finish()
     assert len(pcm) / 2 / 22050 > 0.5
     assert pcm_rms(pcm) > 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import subprocess
 import sys
 
@@ -10,8 +11,12 @@ import pytest
 
 import fish_notebook
 
-MODULES = ["protocol", "errors", "audio", "sources", "client", "session", "widget", "speaking",
-           "magics", "panel", "play", "cli"]  # fmt: skip
+# Every public module of the package (local/ has its own test): a new module is checked too.
+MODULES = sorted(
+    info.name
+    for info in pkgutil.iter_modules(fish_notebook.__path__)
+    if not info.name.startswith("_") and info.name != "local"
+)
 
 
 @pytest.mark.parametrize("module", ["", *MODULES])

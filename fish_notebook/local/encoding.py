@@ -23,12 +23,15 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..audio import Mp3Encoder, wav_stream_header
+from .. import formats
 from ..errors import MissingDependencyError, ValidationError
 
 __all__ = ["SUPPORTED_FORMATS", "StreamEncoder"]
 
-SUPPORTED_FORMATS: tuple[str, ...] = ("pcm", "wav", "mp3")
+#: What the local server can send: every registered format with an encoder.
+SUPPORTED_FORMATS: tuple[str, ...] = tuple(
+    name for name, fmt in formats.FORMATS.items() if fmt.encoder is not None
+)
 
 
 def _import_numpy_soxr() -> tuple[Any, Any]:
@@ -54,8 +57,8 @@ class StreamEncoder:
         self.format = audio_format
         self.sample_rate = sample_rate
         self.mp3_bitrate = mp3_bitrate
-        self._mp3: Mp3Encoder | None = None
-        self._header_sent = False
+        self._format = formats.get(audio_format)
+        self._encoder = self._format.encode_stream(sample_rate, mp3_bitrate)
 
     def __repr__(self) -> str:
         return f"StreamEncoder({self.format!r}, {self.sample_rate})"
@@ -65,18 +68,7 @@ class StreamEncoder:
         return self._encode_resampled(self._resample(pcm, rate)) if pcm else b""
 
     def _encode_resampled(self, samples: bytes) -> bytes:
-        if not samples:
-            return b""
-        if self.format == "pcm":
-            return samples
-        if self.format == "wav":
-            if self._header_sent:
-                return samples
-            self._header_sent = True
-            return wav_stream_header(self.sample_rate) + samples
-        if self._mp3 is None:
-            self._mp3 = Mp3Encoder(self.sample_rate, bitrate=self.mp3_bitrate)
-        return self._mp3.encode(samples)
+        return self._encoder.encode(samples) if samples else b""
 
     def encode_slices(self, pcm: bytes, rate: int, seconds: float = 0.5) -> Iterator[bytes]:
         """:meth:`encode` in slices of ``seconds`` of audio, so the first bytes come sooner.
@@ -109,14 +101,16 @@ class StreamEncoder:
 
     def drain(self) -> bytes:
         """Nothing more to encode for now: return what the encoder still holds."""
-        if self._mp3 is None:
-            return b""
-        tail, self._mp3 = self._mp3.finish(), None
-        return tail
+        return self._encoder.drain()
 
     def finish(self) -> bytes:
         """End of the stream: the last bytes. Safe to call twice."""
-        return self.drain()
+        return self._encoder.finish()
+
+    @property
+    def byte_rate(self) -> int:
+        """Bytes per second of the stream this encoder makes."""
+        return self._format.byte_rate(self.sample_rate, self.mp3_bitrate)
 
     def _resample(self, pcm: bytes, rate: int) -> bytes:
         if rate == self.sample_rate:

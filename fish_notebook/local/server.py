@@ -693,9 +693,7 @@ class _Session:
             self.estimate_noted = True
             name = self.voice.name if self.voice is not None else "?"
             logger.warning("voice %s has no phoneme alignment: word times are estimates", name)
-        per_second = (
-            encoder.sample_rate * 2 if encoder.format != "mp3" else encoder.mp3_bitrate * 125
-        )
+        per_second = encoder.byte_rate
         soft = int(min(0.5, MAX_AUDIO_PAYLOAD / per_second) * rate)
         hard = int(MAX_TIMED_PAYLOAD / per_second * rate)
         parts = cut_at_words(words, samples, max(1, soft), max(1, hard))
