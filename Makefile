@@ -22,6 +22,7 @@ system:
 setup: $(STAMP) system
 
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check fish_notebook tests bench
 	$(BIN)/ruff format --check fish_notebook tests bench
 

@@ -38,6 +38,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.text import FullEvalFormatter
 
+from . import hints
 from .errors import ValidationError
 from .protocol import DEFAULT_MODEL, LATENCY_MODES, FlushEvent, TextEvent
 from .speaking import DEFAULT_LLM_MODEL, chat_stream, defaults, describe_backend, speak
@@ -490,12 +491,14 @@ def describe_defaults() -> str:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the magics (``%load_ext fish_notebook``)."""
+    """Register the magics (``%load_ext fish_notebook``) and the ``asyncio.run`` hint."""
     ipython.register_magics(SpeakMagics)
+    hints.install(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics again (``%unload_ext fish_notebook``)."""
+    hints.uninstall(ipython)
     magics = ipython.magics_manager.magics
     for kind, name in (("line", "speak"), ("cell", "speak"), ("line", "speak_config")):
         magics[kind].pop(name, None)

@@ -492,3 +492,27 @@ def test_llm_without_openai_installed_names_the_extra(kernel: Kernel) -> None:
         )
     assert reply.ename == "MissingDependencyError"
     assert "fish-notebook[llm]" in (reply.evalue or "")
+
+
+# --- the asyncio.run hint ---------------------------------------------------------------------
+
+
+def test_asyncio_run_in_a_cell_gets_a_hint_and_other_errors_do_not(kernel: Kernel) -> None:
+    """Fish's cookbook recipe ends with asyncio.run(main()): in a cell that fails (the kernel's
+    loop runs), and the traceback is followed by a hint to await instead; await works."""
+    kernel.ok("import asyncio\nasync def main():\n    await asyncio.sleep(0)\n    return 'spoken'")
+    failed = kernel.run("asyncio.run(main())")
+    assert failed.status == "error" and failed.ename == "RuntimeError"
+    assert "await main()" in failed.stdout
+    assert "cannot be called from a running event loop" in "".join(
+        str(m["content"]) for m in failed.messages
+    )
+    assert kernel.ok("await main()").data("execute_result")[0]["text/plain"] == "'spoken'"
+    other = kernel.run("raise RuntimeError('something else')")
+    assert other.status == "error" and "await main()" not in other.stdout
+    kernel.ok("%unload_ext fish_notebook")
+    try:
+        unloaded = kernel.run("asyncio.run(main())")
+        assert unloaded.status == "error" and "await main()" not in unloaded.stdout
+    finally:
+        kernel.ok("%load_ext fish_notebook")
