@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -263,6 +263,13 @@ def _say(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(name)s: %(message)s",
     )
+    return _run_to_the_end(session, progress, fail)
+
+
+def _run_to_the_end(
+    session: Session, progress: _Progress, fail: Callable[[BaseException, int, Session], int]
+) -> int:
+    """Speak until the end (Ctrl-C and SIGTERM stop it; the audio so far is saved)."""
     previous_sigterm: Any = None
     with contextlib.suppress(ValueError):  # not the main thread: no handler, no matter
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)

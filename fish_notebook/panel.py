@@ -32,6 +32,7 @@ import re
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
@@ -181,6 +182,98 @@ class _SessionWatch:
         self.panel._session_state(self, state, error)
 
 
+#: The panel's buttons: label, icon, CSS class, style, tooltip.
+_BUTTONS = (
+    ("Speak", "play", "fishnb-panel-speak", "primary",
+     "Speak the rest and finish (or speak the whole text anew)"),
+    ("Flush", "forward", "fishnb-panel-flush", "", "Speak what has been typed so far, now"),
+    ("Stop", "stop", "fishnb-panel-stop", "danger", "Stop now; the audio so far is kept"),
+)  # fmt: skip
+
+
+def _button(label: str, icon: str, css: str, style: str, tooltip: str) -> widgets.Button:
+    button = widgets.Button(description=label, icon=icon, button_style=style, tooltip=tooltip)
+    button.add_class(css)
+    return button
+
+
+def _slider(
+    value: float, bounds: tuple[float, float, float], label: str, readout: str
+) -> widgets.FloatSlider:
+    low, high, step = bounds
+    return widgets.FloatSlider(
+        value=value, min=low, max=high, step=step, description=label, readout_format=readout
+    )
+
+
+class VoiceSelector(widgets.Box):
+    """The panel's voice control: a dropdown of the server's voices once they are loaded (in
+    a thread: the server may be starting), or a text field when the server lists none.
+
+    ``value`` is the chosen voice id, or None for the server's default.
+    """
+
+    def __init__(self, wanted: str | None, find_url: Callable[[], str | None]) -> None:
+        self._wanted = wanted
+        self._find_url = find_url
+        self.ready = threading.Event()
+        self.input: widgets.Dropdown | widgets.Text = widgets.Dropdown(
+            options=[("loading voices...", "")],
+            value="",
+            description="voice",
+            disabled=True,
+            layout=widgets.Layout(width="260px"),
+        )
+        super().__init__([self.input])
+        threading.Thread(target=self._load, name="fish-notebook-voices", daemon=True).start()
+
+    @property
+    def value(self) -> str | None:
+        value = self.input.value
+        return (value.strip() or None) if isinstance(value, str) else None
+
+    def _load(self) -> None:
+        try:
+            url = self._find_url()
+            voices = fetch_voices(url) if url is not None else None
+        except (OSError, ValueError, FishNotebookError):
+            voices = None
+        try:
+            if voices:
+                self._use_dropdown(voices)
+            else:
+                self._use_text_field()
+        finally:
+            self.ready.set()
+
+    def _use_dropdown(self, voices: list[dict[str, Any]]) -> None:
+        options = [
+            (f"{v['id']} (default)" if v.get("default") else v["id"], v["id"]) for v in voices
+        ]
+        ids = [value for _, value in options]
+        wanted = self._wanted
+        if wanted and wanted not in ids:
+            options.append((f"{wanted} (not listed)", wanted))
+            ids.append(wanted)
+        default = next((v["id"] for v in voices if v.get("default")), ids[0])
+        dropdown = self.input
+        assert isinstance(dropdown, widgets.Dropdown)
+        dropdown.options = options
+        dropdown.value = wanted or default
+        dropdown.disabled = False
+
+    def _use_text_field(self) -> None:
+        field = widgets.Text(
+            value=self._wanted or "",
+            placeholder="voice id (reference_id)",
+            description="voice",
+            layout=widgets.Layout(width="260px"),
+        )
+        old, self.input = self.input, field
+        self.children = (field,)
+        old.close()
+
+
 class SpeakPanel(widgets.VBox):
     """An interactive panel: type and hear it as you type. See the module docstring.
 
@@ -218,8 +311,6 @@ class SpeakPanel(widgets.VBox):
         self._session: Session | None = None
         self.sessions: list[Session] = []
         self.player: Player | None = None
-        self.voices_ready = threading.Event()
-        self._wanted_voice = voice or defaults.voice
 
         self.text_input = widgets.Textarea(
             value=text,
@@ -228,36 +319,16 @@ class SpeakPanel(widgets.VBox):
             layout=widgets.Layout(width="100%", height="7em"),
         )
         self.text_input.add_class("fishnb-panel-text")
-        self.speak_button = self._button("Speak", "play", "fishnb-panel-speak", "primary")
-        self.flush_button = self._button("Flush", "forward", "fishnb-panel-flush", "")
-        self.stop_button = self._button("Stop", "stop", "fishnb-panel-stop", "danger")
-        self.speak_button.tooltip = "Speak the rest and finish (or speak the whole text anew)"
-        self.flush_button.tooltip = "Speak what has been typed so far, now"
-        self.stop_button.tooltip = "Stop now; the audio so far is kept"
-        self.voice_input: widgets.Dropdown | widgets.Text = widgets.Dropdown(
-            options=[("loading voices...", "")],
-            value="",
-            description="voice",
-            disabled=True,
-            layout=widgets.Layout(width="260px"),
+        self.speak_button, self.flush_button, self.stop_button = (
+            _button(*spec) for spec in _BUTTONS
         )
-        self.voice_box = widgets.Box([self.voice_input])
-        self.speed_slider = widgets.FloatSlider(
-            value=speed if speed is not None else defaults.speed or 1.0,
-            min=0.5,
-            max=2.0,
-            step=0.05,
-            description="speed",
-            readout_format=".2f",
+        self.voice_box = VoiceSelector(
+            voice or defaults.voice, lambda: voices_url(backend, base_url, api_key)
         )
-        self.volume_slider = widgets.FloatSlider(
-            value=volume if volume is not None else defaults.volume or 0.0,
-            min=-20.0,
-            max=20.0,
-            step=1.0,
-            description="volume dB",
-            readout_format=".0f",
-        )
+        speed = speed if speed is not None else defaults.speed or 1.0
+        volume = volume if volume is not None else defaults.volume or 0.0
+        self.speed_slider = _slider(speed, (0.5, 2.0, 0.05), "speed", ".2f")
+        self.volume_slider = _slider(volume, (-20.0, 20.0, 1.0), "volume dB", ".0f")
         self.latency_toggle = widgets.ToggleButtons(
             options=list(LATENCY_MODES),
             value=latency or defaults.latency or "balanced",
@@ -268,30 +339,23 @@ class SpeakPanel(widgets.VBox):
         self.status_html.add_class("fishnb-panel-status")
         self.player_box = widgets.Box(layout=widgets.Layout(width="100%"))
 
-        self.text_input.observe(self._on_text, names="value")
-        self.speak_button.on_click(lambda _: self.speak())
-        self.flush_button.on_click(lambda _: self.flush())
-        self.stop_button.on_click(lambda _: self.stop())
-
-        super().__init__(
-            [
-                self.text_input,
-                widgets.HBox([self.speak_button, self.flush_button, self.stop_button]),
-                widgets.HBox([self.voice_box, self.latency_toggle]),
-                widgets.HBox([self.speed_slider, self.volume_slider]),
-                self.status_html,
-                self.player_box,
-            ],
-            **kwargs,
-        )
+        super().__init__(self._wire(), **kwargs)
         self.add_class("fishnb-panel")
-        threading.Thread(target=self._load_voices, name="fish-notebook-voices", daemon=True).start()
 
-    @staticmethod
-    def _button(label: str, icon: str, css: str, style: str) -> widgets.Button:
-        button = widgets.Button(description=label, icon=icon, button_style=style)
-        button.add_class(css)
-        return button
+    def _wire(self) -> list[widgets.Widget]:
+        """Connect the controls to their actions; return the panel's rows."""
+        self.text_input.observe(self._on_text, names="value")
+        buttons = (self.speak_button, self.flush_button, self.stop_button)
+        for button, action in zip(buttons, (self.speak, self.flush, self.stop), strict=True):
+            button.on_click(lambda _, act=action: act())
+        return [
+            self.text_input,
+            widgets.HBox(list(buttons)),
+            widgets.HBox([self.voice_box, self.latency_toggle]),
+            widgets.HBox([self.speed_slider, self.volume_slider]),
+            self.status_html,
+            self.player_box,
+        ]
 
     def __repr__(self) -> str:
         state = self._session.state if self._session is not None else "idle"
@@ -307,8 +371,17 @@ class SpeakPanel(widgets.VBox):
     @property
     def voice(self) -> str | None:
         """The voice chosen in the selector (None: the server's default)."""
-        value = self.voice_input.value
-        return (value.strip() or None) if isinstance(value, str) else None
+        return self.voice_box.value
+
+    @property
+    def voice_input(self) -> widgets.Dropdown | widgets.Text:
+        """The voice control itself (a dropdown, or a text field when none are listed)."""
+        return self.voice_box.input
+
+    @property
+    def voices_ready(self) -> threading.Event:
+        """Set once the voice list was loaded (or found missing)."""
+        return self.voice_box.ready
 
     def _on_text(self, change: dict[str, Any]) -> None:
         self._report(self._send_typed, change["new"], everything=False)
@@ -426,46 +499,3 @@ class SpeakPanel(widgets.VBox):
 
     def _show(self, message: str) -> None:
         self.status_html.value = message
-
-    # --- voices -----------------------------------------------------------------------------
-
-    def _load_voices(self) -> None:
-        try:
-            url = voices_url(self._backend, self._base_url, self._api_key)
-            voices = fetch_voices(url) if url is not None else None
-        except (OSError, ValueError, FishNotebookError):
-            voices = None
-        try:
-            if voices:
-                self._use_dropdown(voices)
-            else:
-                self._use_text_field()
-        finally:
-            self.voices_ready.set()
-
-    def _use_dropdown(self, voices: list[dict[str, Any]]) -> None:
-        options = [
-            (f"{v['id']} (default)" if v.get("default") else v["id"], v["id"]) for v in voices
-        ]
-        ids = [value for _, value in options]
-        wanted = self._wanted_voice
-        if wanted and wanted not in ids:
-            options.append((f"{wanted} (not listed)", wanted))
-            ids.append(wanted)
-        default = next((v["id"] for v in voices if v.get("default")), ids[0])
-        dropdown = self.voice_input
-        assert isinstance(dropdown, widgets.Dropdown)
-        dropdown.options = options
-        dropdown.value = wanted or default
-        dropdown.disabled = False
-
-    def _use_text_field(self) -> None:
-        field = widgets.Text(
-            value=self._wanted_voice or "",
-            placeholder="voice id (reference_id)",
-            description="voice",
-            layout=widgets.Layout(width="260px"),
-        )
-        old, self.voice_input = self.voice_input, field
-        self.voice_box.children = (field,)
-        old.close()
