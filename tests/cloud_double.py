@@ -1,50 +1,46 @@
 """A Fish Audio cloud double: a small real server that behaves as Fish's documents say.
 
-It is written from Fish's documents and the official SDK, never from fish_notebook's own
-protocol code, so that a test against it can fail where our client and our embedded server
-share a wrong reading. One loopback port serves everything, through tornado (HTTP and
-WebSocket on one port). Each behaviour cites its source:
+Written from Fish's documents and the official SDK, never from fish_notebook's protocol code,
+so a test against it can fail where our client and our embedded server share a wrong reading.
+One loopback port serves HTTP and WebSocket (tornado). Each behaviour cites its source:
 
-[A] Fish's AsyncAPI description of ``/v1/tts/live`` (docs repository, ``api-reference/
-    asyncapi.yml``): headers ``Authorization: Bearer`` and ``model`` (missing or unknown
-    falls back to ``s2.1-pro``); every frame a binary MessagePack map; ``start`` first,
-    ``text`` buffered and synthesized by ``chunk_length``, ``flush`` synthesizes the buffer,
-    ``stop`` drains it and ends with ``finish`` {reason: stop | error}; audio arrives in many
-    ``audio`` events whose concatenation is the stream; unknown events are ignored.
-[O] Fish's OpenAPI description (``api-reference/openapi.json``): ``POST /v1/tts`` answers the
-    bare audio; ``POST /v1/asr`` (MessagePack or multipart {audio, language,
-    ignore_timestamps}) answers {text, duration (seconds), segments}; ``GET /model`` (query
-    page_size 1..100 default 10, page_number default 1, title, tag, self, author_id,
-    language, sort_by score | task_count | created_at) answers {total, items, has_more}, each
-    item with ModelEntity's required fields; ``GET /model/{id}``.
-[T] "Text to Speech Stream with Timestamps" (``openapi-v1/text-to-speech-stream-with-
-    timestamps.mdx``): per text chunk ``chunk_seq``; ``alignment`` {segments [{text, start,
-    end}], audio_duration} is a cumulative snapshot that replaces the previous one for its
-    chunk_seq; null before the first snapshot; later events may repeat the latest snapshot;
-    start/end are seconds from the start of that chunk's audio; ``chunk_audio_offset_sec``
-    places the chunk in the whole audio; ``content`` is the text the snapshot describes.
-    Fish documents these fields for the SSE endpoint ``POST /v1/tts/stream/with-timestamp``.
+[A] Fish's AsyncAPI description of ``/v1/tts/live`` (docs repository, api-reference/
+    asyncapi.yml): headers ``Authorization: Bearer`` and ``model`` (missing or unknown falls
+    back to s2.1-pro); binary MessagePack frames; ``start`` first; ``text`` buffered and
+    synthesized by ``chunk_length``; ``flush``; ``stop`` drains, then ``finish`` {reason:
+    stop | error}; many ``audio`` events concatenate to the stream; request field ranges.
+[O] Fish's OpenAPI description (api-reference/openapi.json): ``POST /v1/tts`` answers bare
+    audio; ``POST /v1/asr`` (MessagePack or multipart {audio, language, ignore_timestamps})
+    answers {text, duration (s), segments}; ``GET /model`` (page_size 1..100, page_number,
+    title, tag, self, author_id, language, sort_by score | task_count | created_at) answers
+    {total, items, has_more} with ModelEntity's required fields; ``GET /model/{id}``.
+[T] "Text to Speech Stream with Timestamps" (openapi-v1/text-to-speech-stream-with-
+    timestamps.mdx, written for the SSE endpoint): per text chunk a ``chunk_seq``;
+    ``alignment`` {segments [{text, start, end}], audio_duration} is a cumulative snapshot
+    replacing the last one for its chunk_seq, null before the first, repeatable later;
+    start/end count from the chunk's own audio; ``chunk_audio_offset_sec`` places the chunk;
+    ``content`` is the text the snapshot describes.
 [P] PROTOCOL.md, "Facts added in the second round": the WebSocket ``/v1/tts/live/with-
-    timestamp`` carries those fields on ``audio`` events, plus ``time`` (ms since start);
-    a frame may be labelled with the previous chunk_seq while carrying the next chunk's
-    first audio bytes; after ``finish`` a client may send another ``start`` on the same
-    socket; ``error`` (invalid start, "Concurrency limit exceeded" with ``max_concurrency``)
-    is followed by the socket closing; a streamed ``wav`` starts with a header whose sizes
-    are unknown; 16-bit mono little-endian PCM, 44100 Hz by default.
-[S] Fish's raw-API skill (``.mintlify/skills/fish-audio-api/SKILL.md``): errors are JSON
+    timestamp`` carries [T]'s fields on ``audio`` events, plus ``time`` (ms since start); a
+    frame may carry the next chunk's first bytes under the previous chunk_seq; another
+    ``start`` may follow ``finish`` on the same socket; ``error`` (invalid start, "Concurrency
+    limit exceeded" with ``max_concurrency``) is followed by the close; a streamed wav header
+    has unknown sizes; pcm is 16-bit mono little-endian, 44100 Hz by default.
+[S] Fish's raw-API skill (.mintlify/skills/fish-audio-api/SKILL.md): errors are JSON
     {status, message} for 401 and 404, a list of {loc, type, msg} for 422.
-[K] The official SDK (fish-audio-sdk 1.3.0): it sends every request field (``opus_bitrate``
-    in kbps, unlike [A]'s bps, so the double does not check it) and parses voices with
-    description, cover_image, train_mode, samples, languages and lock_visibility required.
+[K] The official SDK (fish-audio-sdk 1.3.0): it sends every request field (opus_bitrate in
+    kbps, not [A]'s bps, so the double leaves it unchecked) and its Voice model requires
+    description, cover_image, train_mode, samples, languages and lock_visibility.
 
-What the docs leave open, the double decides and says so: close code 1011 after an error,
-and (being a double) no ``opus``: a start asking for it is refused as an invalid start.
-The "voice" is a pattern a test can check exactly: see :func:`speech_pcm`.
+Left open by the docs, decided here: close code 1011 after an error; no ``opus`` (a start
+asking for it is an invalid start). The voice is a pattern a test can check: speech_pcm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import math
 import re
@@ -61,6 +57,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
+from tornado.httputil import HTTPHeaders
 
 KNOWN_MODELS = ("s1", "s2-pro", "s2.1-pro", "s2.1-pro-free", "speech-1.5", "speech-1.6")
 FALLBACK_MODEL = "s2.1-pro"  # [A]
@@ -121,15 +118,11 @@ def default_voices() -> list[dict[str, Any]]:
     return voices
 
 
-def default_transcript() -> dict[str, Any]:
-    return {
-        "text": "Hello from the cloud double.",
-        "duration": 1.5,  # seconds [O] (the SDK's docstring says milliseconds)
-        "segments": [
-            {"text": "Hello from", "start": 0.0, "end": 0.7},
-            {"text": "the cloud double.", "start": 0.7, "end": 1.5},
-        ],
-    }
+TRANSCRIPT = {  # duration in seconds [O] (the SDK's docstring says milliseconds)
+    "text": "Hello from the cloud double.", "duration": 1.5,
+    "segments": [{"text": "Hello from", "start": 0.0, "end": 0.7},
+                 {"text": "the cloud double.", "start": 0.7, "end": 1.5}],
+}  # fmt: skip
 
 
 @dataclass
@@ -149,7 +142,7 @@ class Script:
     error_message: str = "Internal server error"
     previous_seq_quirk: bool = True  # [P] next chunk's first bytes under the previous seq
     voices: list[dict[str, Any]] = field(default_factory=default_voices)
-    transcript: dict[str, Any] = field(default_factory=default_transcript)
+    transcript: dict[str, Any] = field(default_factory=lambda: dict(TRANSCRIPT))
 
 
 @dataclass
@@ -159,7 +152,7 @@ class HttpRecord:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: HTTPHeaders
     body: Any = None
     status: int = 200
 
@@ -169,10 +162,11 @@ class WsRecord:
     """One WebSocket: the handshake headers, and every event received and sent, decoded."""
 
     path: str
-    headers: dict[str, str]
+    headers: HTTPHeaders
     model: str  # the model the session runs: the header, or the fallback [A]
     received: list[Any] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
+    spoken: list[str] = field(default_factory=list)  # each text chunk synthesized, in order
     pongs: int = 0
     closed: bool = False
 
@@ -181,28 +175,31 @@ def request_problem(request: Any) -> str | None:
     """What makes a TTS request invalid, or None. Ranges from [A]."""
     if not isinstance(request, dict):
         return "request must be a map"
-    fmt = request.get("format") or "mp3"
-    if fmt not in FORMATS:
-        return f"format {fmt!r} is not served by the cloud double (pcm, wav, mp3)"
-    if not 100 <= (request.get("chunk_length") or 300) <= 300:
-        return "chunk_length must be within 100..300"
-    if (request.get("latency") or "normal") not in ("normal", "balanced", "low"):
-        return "latency must be normal, balanced or low"
-    if (request.get("mp3_bitrate") or 128) not in (64, 128, 192):
-        return "mp3_bitrate must be 64, 128 or 192"
-    rate = request.get("sample_rate")
-    if rate is not None and (not isinstance(rate, int) or rate <= 0):
-        return "sample_rate must be a positive integer or null"
-    speed = (request.get("prosody") or {}).get("speed") or 1.0
-    if not 0.5 <= speed <= 2.0:
-        return "prosody.speed must be within 0.5..2.0"
-    return None
+    rate, get = request.get("sample_rate"), request.get
+    rules = {  # field: (holds, what it must be)
+        "format": (get("format") or "mp3") in FORMATS,
+        "chunk_length": 100 <= (get("chunk_length") or 300) <= 300,
+        "latency": (get("latency") or "normal") in ("normal", "balanced", "low"),
+        "mp3_bitrate": (get("mp3_bitrate") or 128) in (64, 128, 192),
+        "sample_rate": rate is None or (isinstance(rate, int) and rate > 0),
+        "prosody.speed": 0.5 <= ((get("prosody") or {}).get("speed") or 1.0) <= 2.0,
+    }
+    allowed = {
+        "format": "pcm, wav or mp3 (the double has no opus)", "chunk_length": "100..300",
+        "latency": "normal, balanced or low", "mp3_bitrate": "64, 128 or 192",
+        "sample_rate": "a positive integer or null", "prosody.speed": "0.5..2.0",
+    }  # fmt: skip
+    bad = [name for name, holds in rules.items() if not holds]
+    if not bad:
+        return None
+    value = (get("prosody") or {}).get("speed") if bad[0] == "prosody.speed" else get(bad[0])
+    return f"{bad[0]} {value!r} is not valid: {allowed[bad[0]]}"
 
 
 def _split(data: bytes, minimum: int) -> list[bytes]:
     count = max(minimum, math.ceil(len(data) / MAX_EVENT_BYTES))
     bounds = [len(data) * i // count for i in range(count + 1)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 class Synthesis:
@@ -214,9 +211,8 @@ class Synthesis:
         self.rate = request.get("sample_rate") or DEFAULT_RATE
         self.speed = (request.get("prosody") or {}).get("speed") or 1.0
         self.chunk_length = request.get("chunk_length") or 300
-        self.seconds_per_char = samples_per_char(self.rate, script.ms_per_char, self.speed) / (
-            self.rate
-        )
+        per_char = samples_per_char(self.rate, script.ms_per_char, self.speed)
+        self.seconds_per_char = per_char / self.rate
         self.header_due = self.format == "wav"
         self.mp3: Any = None
         if self.format == "mp3":
@@ -242,8 +238,16 @@ class Synthesis:
         """The audio events for one text chunk."""
         pcm = speech_pcm(text, self.rate, self.script.ms_per_char, self.speed)
         pieces = _split(self.encode(pcm), max(3, self.script.events_per_chunk))
-        if not self.timestamps:
-            return [{"event": "audio", "audio": piece} for piece in pieces]
+        if self.timestamps:
+            events = self._timed(text, pieces)
+        else:
+            events = [{"event": "audio", "audio": piece} for piece in pieces]
+        self.chunks += 1
+        self.offset += len(text) * self.seconds_per_char
+        return events
+
+    def _timed(self, text: str, pieces: list[bytes]) -> list[dict[str, Any]]:
+        """Label each piece of one chunk's audio [T], [P]."""
         duration = len(text) * self.seconds_per_char
         words = [
             {"text": m.group(), "start": m.start() * self.seconds_per_char,
@@ -254,7 +258,7 @@ class Synthesis:
         quirk = self.latest is not None and self.script.previous_seq_quirk
         events = []
         for i, piece in enumerate(pieces):
-            if i == 0 and quirk:
+            if i == 0 and quirk and self.latest:
                 labels = self.latest  # [P] the previous chunk's label on this chunk's bytes
             elif i == len(pieces) - 1:
                 labels = full
@@ -264,8 +268,6 @@ class Synthesis:
                 labels = self._partial(text, words, duration * (i + 1) / len(pieces))
             events.append({"event": "audio", "audio": piece, **labels, "time": self._ms()})
         self.latest = full
-        self.chunks += 1
-        self.offset += duration
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -273,9 +275,9 @@ class Synthesis:
         tail = bytes(self.mp3.flush()) if self.mp3 is not None else b""
         if not tail:
             return []
-        labels = self.latest if self.timestamps and self.latest else None
-        extra = {**labels, "time": self._ms()} if labels else {}
-        return [{"event": "audio", "audio": tail, **extra}]
+        if not (self.timestamps and self.latest):
+            return [{"event": "audio", "audio": tail}]
+        return [{"event": "audio", "audio": tail, **self.latest, "time": self._ms()}]
 
     def _partial(self, text: str, words: list[dict[str, Any]], heard: float) -> dict[str, Any]:
         done = [w for w in words if w["end"] <= heard + 1e-9]
@@ -305,15 +307,11 @@ def _cut(buffer: str, limit: int) -> tuple[str, str]:
     return buffer[:at], buffer[at:]
 
 
-def _headers(handler: tornado.web.RequestHandler) -> dict[str, str]:
-    return {name: value for name, value in handler.request.headers.get_all()}
-
-
 def _record(double: CloudDouble, handler: tornado.web.RequestHandler, body: Any) -> HttpRecord:
     record = HttpRecord(
         handler.request.method or "", handler.request.path,
         {k: [v.decode() for v in vs] for k, vs in handler.request.query_arguments.items()},
-        _headers(handler), body,
+        HTTPHeaders(handler.request.headers), body,
     )  # fmt: skip
     double.requests.append(record)
     if handler.request.headers.get("Authorization") != f"Bearer {double.script.api_key}":
@@ -340,9 +338,8 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         model = self.request.headers.get("model", "")
-        self.record = WsRecord(
-            self.request.path, _headers(self), model if model in KNOWN_MODELS else FALLBACK_MODEL
-        )
+        model = model if model in KNOWN_MODELS else FALLBACK_MODEL
+        self.record = WsRecord(self.request.path, HTTPHeaders(self.request.headers), model)
         self.double.connections.append(self.record)
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.stop_seen = asyncio.Event()
@@ -431,8 +428,14 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
             await asyncio.sleep(script.first_audio_delay)
         if script.busy_seconds:
             time.sleep(script.busy_seconds)  # on purpose: a loop too busy to answer pings
+        self.record.spoken.append(text)
         for event in synthesis.render(text):
             await self._send(event)
+
+    def _drop(self) -> None:
+        """End the TCP connection at once, with no close frame."""
+        if self.ws_connection is not None and self.ws_connection.stream is not None:
+            self.ws_connection.stream.close()
 
     async def _fail(self) -> None:
         script = self.double.script
@@ -444,12 +447,9 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         elif script.failure == "drop":
             # End TCP without a close frame, once the client has sent everything: closing
             # with unread data would answer with a reset that discards the client's audio.
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_seen.wait(), 5)
-            except asyncio.TimeoutError:
-                pass
-            assert self.ws_connection is not None
-            self.ws_connection.stream.close()
+            self._drop()
         else:
             raise ValueError(f"unknown failure {script.failure!r}")
         raise _SessionEnded
@@ -472,7 +472,9 @@ class _Http(tornado.web.RequestHandler):
         except ValueError:
             return body
         if "multipart" in kind:  # [O] /v1/asr accepts multipart too
-            fields: dict[str, Any] = {k: v[0].decode() for k, v in self.request.body_arguments.items()}
+            fields: dict[str, Any] = {
+                k: v[0].decode() for k, v in self.request.body_arguments.items()
+            }
             fields |= {k: v[0]["body"] for k, v in self.request.files.items()}
             if "ignore_timestamps" in fields:
                 fields["ignore_timestamps"] = fields["ignore_timestamps"].lower() == "true"
@@ -517,11 +519,13 @@ class ModelHandler(_Http):
                 return self._json(200, found[0])
             return self._json(404, {"status": 404, "message": "Model not found"})  # [S]
         arg = self.get_query_argument
-        title, tags = arg("title") or "", self.get_query_arguments("tag")
-        languages = self.get_query_arguments("language")
-        items = [v for v in voices if title.lower() in v["title"].lower()]
-        items = [v for v in items if not tags or set(tags) & set(v["tags"])]
-        items = [v for v in items if not languages or set(languages) & set(v["languages"])]
+        title, tags = arg("title", ""), set(self.get_query_arguments("tag"))
+        languages = set(self.get_query_arguments("language"))
+        items = [
+            v for v in voices if title.lower() in v["title"].lower()
+            and (not tags or tags & set(v["tags"]))
+            and (not languages or languages & set(v["languages"]))
+        ]  # fmt: skip
         if arg("self", "false").lower() == "true":
             items = [v for v in items if v["author"]["_id"] == SELF_AUTHOR]
         elif arg("author_id", None):
@@ -535,7 +539,9 @@ class ModelHandler(_Http):
         if not 1 <= size <= 100 or number < 1:
             return self._invalid("page_size must be within 1..100 and page_number at least 1")
         page = items[(number - 1) * size : number * size]
-        self._json(200, {"total": len(items), "items": page, "has_more": number * size < len(items)})
+        self._json(
+            200, {"total": len(items), "items": page, "has_more": number * size < len(items)}
+        )
 
 
 class AsrHandler(_Http):
@@ -614,8 +620,7 @@ class CloudDouble:
         self._server.stop()
         for socket in list(self.open_sockets):
             socket.close(1001, "the double is stopping")
-            if socket.ws_connection is not None:
-                socket.ws_connection.stream.close()
+            socket._drop()
         await self._server.close_all_connections()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
