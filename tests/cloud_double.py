@@ -135,6 +135,7 @@ class Script:
     first_audio_delay: float = 0.0  # seconds before a session's first audio
     busy_seconds: float = 0.0  # the loop blocks this long per chunk: pongs come late
     ping_interval: float | None = None  # server keepalive pings (read when a socket opens)
+    ping_timeout: float | None = None  # close after a pong this late; None: the interval
     close_between_sessions: bool = False  # close after finish instead of awaiting a start
     max_concurrency: int | None = None  # sessions at once over all sockets
     fail_at_chunk: int | None = None  # this chunk of a session (0-based) fails instead
@@ -331,6 +332,10 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
     @property
     def ping_interval(self) -> float | None:
         return self.double.script.ping_interval
+
+    @property
+    def ping_timeout(self) -> float | None:
+        return self.double.script.ping_timeout
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         if _record(self.double, self, None).status == 200:

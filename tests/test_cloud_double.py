@@ -8,6 +8,7 @@ sharing our own reading of the documents.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -396,78 +397,92 @@ async def test_model_header_and_its_fallback(
     assert cloud.connections[0].model == model
 
 
-async def test_with_timestamp_frames_have_the_documented_shape(cloud: CloudDouble) -> None:
-    """Per chunk: null first, then cumulative snapshots that replace one another; times
-    relative to the chunk; the next chunk's first bytes under the previous chunk_seq; the
-    documented recipe (latest snapshot per chunk_seq + chunk_audio_offset_sec) lands every
-    word exactly where its sound starts in the audio."""
-    cloud.script.first_audio_delay = 0.2
+CHUNK_TEXTS = ["Hello there world.", " Second chunk here."]
+
+
+async def _timestamp_session(cloud: CloudDouble) -> list[dict[str, Any]]:
+    """Two text chunks (a flush between them) over /with-timestamp: the audio events."""
     url = f"{cloud.ws_url}/v1/tts/live/with-timestamp"
-    chunk_texts = ["Hello there world.", " Second chunk here."]
     async with connect(url, additional_headers=_headers(cloud)) as ws:
-        events = await _session(
-            ws, {"format": "pcm"}, [chunk_texts[0], FlushEvent(), chunk_texts[1]]
-        )
-    audio_events = events[:-1]
+        items = [CHUNK_TEXTS[0], FlushEvent(), CHUNK_TEXTS[1]]
+        events = await _session(ws, {"format": "pcm"}, items)
     assert events[-1] == {"event": "finish", "reason": "stop"}
-    assert all(set(e) == {"event", "audio", "content", "alignment", "chunk_seq",
-                          "chunk_audio_offset_sec", "time"} for e in audio_events)  # fmt: skip
-    assert audio_events[0]["time"] >= 200  # ms since start: the first-audio delay
+    return events[:-1]
+
+
+def _latest_snapshots(audio_events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The docs' rule: per chunk_seq, every non-null alignment replaces the one before."""
+    latest: dict[int, dict[str, Any]] = {}
+    for event in audio_events:
+        if event["alignment"] is not None:
+            latest[event["chunk_seq"]] = event
+    return latest
+
+
+async def test_with_timestamp_frames_have_the_documented_shape(cloud: CloudDouble) -> None:
+    """Per chunk: null first, then cumulative snapshots, each growing the last; the next
+    chunk's first bytes under the previous chunk_seq; content, time, never-decreasing
+    chunk_seq and chunk_audio_offset_sec."""
+    cloud.script.first_audio_delay = 0.2
+    audio_events = await _timestamp_session(cloud)
+    fields = {"event", "audio", "content", "alignment", "chunk_seq", "chunk_audio_offset_sec"}
+    assert all(set(e) == fields | {"time"} for e in audio_events)
+    assert audio_events[0]["time"] >= 200  # ms since start, after the first-audio delay
     seqs = [e["chunk_seq"] for e in audio_events]
     offsets = [e["chunk_audio_offset_sec"] for e in audio_events]
     assert seqs == sorted(seqs) and offsets == sorted(offsets) and set(seqs) == {0, 1}
     assert audio_events[0]["alignment"] is None and audio_events[0]["content"] == ""
-    per_chunk = len(audio_events) // 2
-    # The quirk: the first event carrying chunk 1's bytes is still labelled chunk_seq 0.
-    quirk = audio_events[per_chunk]
-    assert (
-        quirk["chunk_seq"] == 0 and quirk["alignment"] == audio_events[per_chunk - 1]["alignment"]
-    )
+    per_chunk = cloud.script.events_per_chunk
+    assert len(audio_events) == 2 * per_chunk
     chunk0_bytes = sum(len(e["audio"]) for e in audio_events[:per_chunk])
-    assert chunk0_bytes == len(speech_pcm(chunk_texts[0]))
-    assert audio_events[per_chunk + 1]["chunk_seq"] == 1
-    assert audio_events[per_chunk + 1]["alignment"] is None
-    # Snapshots grow, then the last one is the full chunk.
-    latest: dict[int, dict[str, Any]] = {}
-    appended: list[dict[str, Any]] = []
+    assert chunk0_bytes == len(speech_pcm(CHUNK_TEXTS[0]))
+    quirk, after = audio_events[per_chunk], audio_events[per_chunk + 1]
+    assert quirk["chunk_seq"] == 0  # chunk 1's first bytes, chunk 0's label
+    assert quirk["alignment"] == audio_events[per_chunk - 1]["alignment"]
+    assert after["chunk_seq"] == 1 and after["alignment"] is None
+    seen: dict[int, list[Any]] = {}
     for event in audio_events:
         if event["alignment"] is not None:
-            previous = latest.get(event["chunk_seq"])
-            if previous is not None:
-                old = previous["alignment"]["segments"]
-                assert event["alignment"]["segments"][: len(old)] == old
-            latest[event["chunk_seq"]] = event
-            appended += event["alignment"]["segments"]
-    for seq, text in enumerate(chunk_texts):
+            old = seen.get(event["chunk_seq"], [])
+            assert event["alignment"]["segments"][: len(old)] == old  # cumulative
+            seen[event["chunk_seq"]] = event["alignment"]["segments"]
+    latest = _latest_snapshots(audio_events)
+    for seq, text in enumerate(CHUNK_TEXTS):
         assert latest[seq]["content"] == text
         assert [s["text"] for s in latest[seq]["alignment"]["segments"]] == text.split()
-    assert len(appended) > len(TEXT.split())  # appending every snapshot would repeat words
-    # The documented recipe against the audio itself.
+    every = [s for e in audio_events if e["alignment"] for s in e["alignment"]["segments"]]
+    assert len(every) > len(TEXT.split())  # appending every snapshot would repeat words
+
+
+async def test_with_timestamp_recipe_lands_words_on_their_sound(cloud: CloudDouble) -> None:
+    """The documented recipe (latest snapshot per chunk_seq, chunk_audio_offset_sec + start)
+    puts every word exactly where its sound starts in the concatenated audio."""
+    audio_events = await _timestamp_session(cloud)
+    latest = _latest_snapshots(audio_events)
     pcm = np.frombuffer(b"".join(e["audio"] for e in audio_events), "<i2")
     per_char = samples_per_char(44100, cloud.script.ms_per_char)
-    assert latest[1]["chunk_audio_offset_sec"] == pytest.approx(
-        len(chunk_texts[0]) * per_char / 44100
-    )
-    full_text = "".join(chunk_texts)
-    starts = [
-        m
-        for m in range(len(full_text))
-        if full_text[m] != " " and (m == 0 or full_text[m - 1] == " ")
+    offset = latest[1]["chunk_audio_offset_sec"]
+    assert offset == pytest.approx(len(CHUNK_TEXTS[0]) * per_char / 44100)
+    text = "".join(CHUNK_TEXTS)
+    word_starts = [m.start() * per_char for m in re.finditer(r"\S+", text)]
+    timeline = [
+        latest[seq]["chunk_audio_offset_sec"] + segment["start"]
+        for seq in (0, 1)
+        for segment in latest[seq]["alignment"]["segments"]
     ]
-    timeline = [latest[s]["chunk_audio_offset_sec"] + seg["start"]
-                for s in (0, 1) for seg in latest[s]["alignment"]["segments"]]  # fmt: skip
-    assert [round(t * 44100) for t in timeline] == [m * per_char for m in starts]
-    for t in timeline:
-        at = round(t * 44100)
-        assert np.any(pcm[at : at + per_char] != 0)
-        assert at == 0 or not np.any(pcm[at - per_char // 2 : at])
+    assert [round(t * 44100) for t in timeline] == word_starts
+    for at in word_starts:
+        assert np.any(pcm[at : at + per_char] != 0)  # sound starts here...
+        assert at == 0 or not np.any(pcm[at - per_char // 2 : at])  # ...after a silence
 
 
 # ---- keepalive ---------------------------------------------------------------------------
 
 
 def test_sdk_answers_the_servers_keepalive_pings(cloud: CloudDouble) -> None:
-    cloud.script.ping_interval, cloud.script.first_audio_delay = 0.3, 1.2
+    """Server pings during a slow first audio get their pongs (a late pong is tolerated)."""
+    cloud.script.ping_interval, cloud.script.ping_timeout = 0.3, 0
+    cloud.script.first_audio_delay = 1.2
     audio = b"".join(sdk(cloud).tts.stream_websocket(["Slow."], format="pcm"))
     assert audio == speech_pcm("Slow.")
     assert cloud.connections[0].pongs >= 1
