@@ -567,10 +567,13 @@ class AsyncRealtimeClient:
         """Where streams connect, starting the embedded server if that is the answer."""
         return await endpoints.aresolve(self._base_url, self._api_key, self._backend)
 
-    def _headers(self, model: str) -> dict[str, str]:
+    def _headers(self, model: str, endpoint: Endpoint | None = None) -> dict[str, str]:
         headers = {"model": model}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        # The embedded server gets its own token, never the user's Fish key.
+        local = endpoint is not None and endpoint.origin == "local"
+        key = endpoint.token if local and endpoint is not None else self._api_key
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         return headers
 
     def _check_open(self) -> None:
@@ -608,7 +611,7 @@ class AsyncRealtimeClient:
             endpoint,
             request,
             model=model,
-            headers=self._headers(model),
+            headers=self._headers(model, endpoint),
             timeout=self.timeout,
             log=self._log,
             timestamps=timestamps,

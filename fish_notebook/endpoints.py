@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from ._local_process import ensure_local_server
+from ._local_process import LocalServerInfo, ensure_local_server
 from ._net import is_loopback
 from .errors import ValidationError
 from .protocol import CLOUD_BASE_URL, LIVE_PATH, LIVE_TIMESTAMP_PATH
@@ -57,9 +57,11 @@ class Endpoint:
 
     base: str
     origin: Origin
+    #: The embedded server's own token (never the user's key; never in a repr).
+    token: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_url(cls, url: str, origin: Origin) -> Endpoint:
+    def from_url(cls, url: str, origin: Origin, token: str | None = None) -> Endpoint:
         """Parse any http(s)/ws(s) URL of the server, the realtime path included or not.
 
         Raises ValidationError for anything else.
@@ -75,7 +77,8 @@ class Endpoint:
             if path.endswith(suffix):
                 path = path[: -len(suffix)]
                 break
-        return cls(urllib.parse.urlunsplit((scheme, parts.netloc, path, parts.query, "")), origin)
+        base = urllib.parse.urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+        return cls(base, origin, token)
 
     def ws_url(self, *, timestamps: bool = False) -> str:
         """The realtime WebSocket URL (``/with-timestamp`` when asked)."""
@@ -164,7 +167,7 @@ def resolve(
 ) -> Endpoint:
     """:func:`plan`, starting the embedded server when that is the answer (blocking)."""
     endpoint = plan(base_url, api_key, backend)
-    return endpoint or Endpoint.from_url(ensure_local_server(), "local")
+    return endpoint or _local(ensure_local_server())
 
 
 async def aresolve(
@@ -174,7 +177,11 @@ async def aresolve(
     endpoint = plan(base_url, api_key, backend)
     if endpoint is not None:
         return endpoint
-    return Endpoint.from_url(await asyncio.to_thread(ensure_local_server), "local")
+    return _local(await asyncio.to_thread(ensure_local_server))
+
+
+def _local(server: LocalServerInfo) -> Endpoint:
+    return Endpoint.from_url(server.url, "local", server.token)
 
 
 def describe(base_url: str | None = None, api_key: str | None = None, backend: str = "auto") -> str:

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .._net import is_loopback
+from .._version import __version__
 from ..errors import FishNotebookError, ValidationError
 from .server import LocalServer
 
@@ -70,6 +74,20 @@ def build_parser(prog: str = "python -m fish_notebook.local") -> argparse.Argume
         "--exit-with-parent", action="store_true", help="exit when stdin reaches end of file"
     )
     parser.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit after this long with no session (default: never)",
+    )
+    parser.add_argument(
+        "--state-file",
+        default=None,
+        metavar="PATH",
+        help="once ready, write url, token, pid and version there (mode 0600), for other "
+        "processes to find and reuse this server; removed again at exit",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -108,7 +126,7 @@ def serve_main(argv: Sequence[str] | None = None, *, prog: str | None = None) ->
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(server, exit_with_parent=args.exit_with_parent))
+        asyncio.run(_serve(server, args, token))
     except (OSError, FishNotebookError) as exc:
         print(f"error: the server could not start: {exc}", file=sys.stderr)
         return 1
@@ -117,10 +135,10 @@ def serve_main(argv: Sequence[str] | None = None, *, prog: str | None = None) ->
     return 0
 
 
-async def _serve(server: LocalServer, *, exit_with_parent: bool) -> None:
+async def _serve(server: LocalServer, args: argparse.Namespace, token: str | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):  # not on this platform / thread
@@ -128,10 +146,54 @@ async def _serve(server: LocalServer, *, exit_with_parent: bool) -> None:
     async with server:
         sys.stdout.write(f"{READY_PREFIX}{server.url}\n")
         sys.stdout.flush()
-        if exit_with_parent:
+        state = Path(args.state_file) if args.state_file else None
+        if state is not None:
+            _write_state(state, server.url, token)
+        if args.exit_with_parent:
             _watch_stdin(loop, stop)
-        await stop.wait()
+        watcher = None
+        if args.idle_exit is not None:
+            watcher = asyncio.create_task(_exit_when_idle(server, args.idle_exit, stop))
+        try:
+            await stop.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if state is not None:
+                _remove_state(state)
         logger.info("stopping")
+
+
+async def _exit_when_idle(server: LocalServer, seconds: float, stop: asyncio.Event) -> None:
+    """Set ``stop`` once no session has run for ``seconds`` (checked every second or less)."""
+    idle_since = time.monotonic()
+    while True:
+        await asyncio.sleep(min(1.0, max(0.05, seconds / 4)))
+        if server.active_sessions:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= seconds:
+            logger.info("no session for %.0f s: exiting", seconds)
+            stop.set()
+            return
+
+
+def _write_state(path: Path, url: str, token: str | None) -> None:
+    """Write the state atomically, readable by this user only."""
+    state = {"url": url, "token": token, "pid": os.getpid(), "version": __version__}
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(state, out)
+    os.replace(partial, path)
+
+
+def _remove_state(path: Path) -> None:
+    """Remove the state file if it still describes this process."""
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
