@@ -88,7 +88,8 @@ def active_pill(notebook: NotebookPage) -> bool:
 def test_buttons_follow_the_table_the_session_and_python_s_vocabulary(
     notebook: NotebookPage,
 ) -> None:
-    """Each button is enabled exactly when its entry says; Play shows Pause while sounding."""
+    """Each button is enabled exactly when its entry says; Play shows Pause while sounding;
+    a click on the waveform plays from there."""
     notebook.open("buttons.ipynb", [SETUP])
     notebook.run_all()
     notebook.wait_cells_done()
@@ -133,3 +134,16 @@ def test_buttons_follow_the_table_the_session_and_python_s_vocabulary(
     wait_enabled(notebook, WITH_AUDIO)
     assert not active_pill(notebook)
     assert notebook.kernel_json("clicks.seen") == ["flush"]
+
+    # A click on the middle of the waveform of the whole recording (4 s) plays from 2 s.
+    clock = notebook.page.evaluate(
+        """() => {
+            const root = document.querySelector(".fishnb-player");
+            const canvas = root.querySelector("canvas");
+            const rect = canvas.getBoundingClientRect();
+            const x = rect.left + rect.width / 2;
+            canvas.dispatchEvent(new MouseEvent("click", {bubbles: true, clientX: x}));
+            return root.fishnbClock();
+        }"""
+    )
+    assert clock["position_s"] == pytest.approx(2.0, abs=1 / 8000)

@@ -96,6 +96,54 @@ class AudioOut {
   }
 }
 
+/** Arrival-to-start latency of the chunks scheduled as they arrive, in the stats. */
+class Latencies {
+  /** @param {Stats} stats */
+  constructor(stats) {
+    this.stats = stats;
+    /** @type {Array<{ index: number, start: number, arrivedAt: number }>} see settle */
+    this.unsettled = [];
+  }
+
+  /**
+   * Record a chunk's arrival-to-start latency.
+   * @param {AudioContext} ctx
+   * @param {number} now the audio clock when it was scheduled
+   * @param {number} start when it starts on the audio clock
+   * @param {number} arrivedAt performance.now() when it arrived
+   * @param {boolean} paused the user paused (the clock stands still on purpose)
+   */
+  record(ctx, now, start, arrivedAt, paused) {
+    const s = this.stats;
+    const latency = round((start - now) * 1000 + (performance.now() - arrivedAt), 2);
+    s.data.max_latency_ms = Math.max(s.data.max_latency_ms, latency);
+    const index = s.data.latencies_ms.length;
+    s.detail("latencies_ms", latency);
+    // A context that is not running yet (just made) has a clock standing still: measure
+    // again once it runs, or the wait for it to start would be missed.
+    if (ctx.state !== "running" && !paused && index < MAX_DETAIL) {
+      this.unsettled.push({ index, start, arrivedAt });
+    }
+  }
+
+  /**
+   * Measure the chunks recorded before the context ran, now it runs.
+   * @param {AudioContext | null} ctx
+   * @returns {boolean} whether a figure changed
+   */
+  settle(ctx) {
+    if (!ctx || ctx.state !== "running" || !this.unsettled.length) return false;
+    const s = this.stats.data;
+    for (const { index, start, arrivedAt } of this.unsettled) {
+      const latency = round((start - ctx.currentTime) * 1000 + (performance.now() - arrivedAt), 2);
+      s.latencies_ms[index] = latency;
+      s.max_latency_ms = Math.max(s.max_latency_ms, latency);
+    }
+    this.unsettled = [];
+    return true;
+  }
+}
+
 /** Plays a Recording on an AudioOut: gapless, in order, from any point; keeps the playhead. */
 class Scheduler {
   /**
@@ -124,8 +172,7 @@ class Scheduler {
     this.nextTime = 0;
     /** the current jitter buffer, seconds */
     this.jitter = JITTER_S;
-    /** @type {Array<{ index: number, start: number, arrivedAt: number }>} see settleLatencies */
-    this.unsettled = [];
+    this.latencies = new Latencies(stats);
     /** the last playhead position computed, seconds: kept while nothing is scheduled */
     this.lastPosition = 0;
   }
@@ -181,7 +228,7 @@ class Scheduler {
     s.detail("gaps", gap);
     s.detail("scheduled_seqs", chunk.seq);
     s.detail("starts", round(start));
-    if (onArrival) this.recordLatency(ctx, now, start, chunk.arrivedAt);
+    if (onArrival) this.latencies.record(ctx, now, start, chunk.arrivedAt, this.paused);
     this.scheduled.push({ start, offset: chunk.offset + skip, length, node });
     this.nextTime = start + length / rate;
   }
@@ -229,41 +276,9 @@ class Scheduler {
     return node;
   }
 
-  /**
-   * Record a chunk's arrival-to-start latency.
-   * @param {AudioContext} ctx
-   * @param {number} now the audio clock when it was scheduled
-   * @param {number} start
-   * @param {number} arrivedAt
-   */
-  recordLatency(ctx, now, start, arrivedAt) {
-    const s = this.stats;
-    const latency = round((start - now) * 1000 + (performance.now() - arrivedAt), 2);
-    s.data.max_latency_ms = Math.max(s.data.max_latency_ms, latency);
-    const index = s.data.latencies_ms.length;
-    s.detail("latencies_ms", latency);
-    // A context that is not running yet (just made) has a clock standing still: measure
-    // again once it runs, or the wait for it to start would be missed.
-    if (ctx.state !== "running" && !this.paused && index < MAX_DETAIL) {
-      this.unsettled.push({ index, start, arrivedAt });
-    }
-  }
-
-  /**
-   * Measure the arrival-to-start of chunks scheduled before the context ran, now it runs.
-   * @returns {boolean} whether a figure changed
-   */
+  /** @returns {boolean} whether a latency figure changed (see Latencies.settle) */
   settleLatencies() {
-    const ctx = this.out.ctx;
-    if (!ctx || ctx.state !== "running" || !this.unsettled.length) return false;
-    const s = this.stats.data;
-    for (const { index, start, arrivedAt } of this.unsettled) {
-      const latency = round((start - ctx.currentTime) * 1000 + (performance.now() - arrivedAt), 2);
-      s.latencies_ms[index] = latency;
-      s.max_latency_ms = Math.max(s.max_latency_ms, latency);
-    }
-    this.unsettled = [];
-    return true;
+    return this.latencies.settle(this.out.ctx);
   }
 
   /** Silence everything scheduled and forget the run. */

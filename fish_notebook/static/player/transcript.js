@@ -45,6 +45,32 @@ function matchWords(text, words) {
   return ranges;
 }
 
+/**
+ * What to show for words in time: the text sent with its flush points and each word's place
+ * in it, or, when some word is not there (a server that rewrote the text), the words alone.
+ * @param {Array<string | null>} pieces
+ * @param {Word[]} words
+ * @returns {{ text: string, flushes: number[], ranges: Array<[number, number]> }}
+ */
+function layoutWords(pieces, words) {
+  let text = "";
+  /** @type {number[]} */
+  const flushes = [];
+  for (const piece of pieces) {
+    if (piece === null) flushes.push(text.length);
+    else text += piece;
+  }
+  const ranges = matchWords(text, words);
+  if (ranges) return { text, flushes, ranges };
+  let alone = "";
+  const placed = words.map(([w]) => {
+    if (alone) alone += " ";
+    alone += w;
+    return /** @type {[number, number]} */ ([alone.length - w.length, alone.length]);
+  });
+  return { text: alone, flushes: [], ranges: placed };
+}
+
 /** Draws the transcript into one element, redrawing only what changed. */
 class Transcript {
   /**
@@ -136,29 +162,12 @@ class Transcript {
 
   /**
    * Draw the transcript with each word in time as its own clickable span. Words are found in
-   * the text sent (so flush points and text not spoken yet stay where they are); when some
-   * word is not there (a server that rewrote the text), the words alone are shown.
+   * the text sent, so flush points and text not spoken yet stay where they are.
    * @param {Array<string | null>} pieces
    */
   buildWords(pieces) {
     const words = this.recording.words.slice(0, this.recording.wordCount);
-    let text = "";
-    /** @type {number[]} */
-    let flushes = [];
-    for (const piece of pieces) {
-      if (piece === null) flushes.push(text.length);
-      else text += piece;
-    }
-    let ranges = matchWords(text, words);
-    if (!ranges) {
-      text = "";
-      flushes = [];
-      ranges = words.map(([w]) => {
-        if (text) text += " ";
-        text += w;
-        return /** @type {[number, number]} */ ([text.length - w.length, text.length]);
-      });
-    }
+    const { text, flushes, ranges } = layoutWords(pieces, words);
     const frag = document.createDocumentFragment();
     this.wordEls = words.map(() => []);
     this.gapEls = Array.from({ length: words.length + 1 }, () => []);
