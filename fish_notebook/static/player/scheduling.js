@@ -1,6 +1,7 @@
 // Scheduling: Web Audio. Chunks are scheduled strictly in seq order, each one starting
 // exactly where the previous one ends, behind a small jitter buffer; a chunk that comes too
-// late counts as an underrun. The playhead maps the audio clock back onto the recording.
+// late counts as an underrun, and each chunk's arrival-to-start latency is measured. The
+// playhead maps the audio clock back onto the recording.
 
 /**
  * Seconds of audio queued before the first chunk starts: absorbs arrival jitter. Measured in
