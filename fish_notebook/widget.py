@@ -65,6 +65,30 @@ logger = logging.getLogger("fish_notebook.widget")
 
 _STATIC = pathlib.Path(__file__).parent / "static"
 
+#: The page's code, one file per job in static/player/, joined in this order into the one ES
+#: module anywidget loads: the files share one scope, and only the last one exports.
+_PLAYER_JS = (
+    "common.js",
+    "receiving.js",
+    "scheduling.js",
+    "stats.js",
+    "drawing.js",
+    "transcript.js",
+    "controls.js",
+    "view.js",
+    "player.js",
+    "main.js",
+)
+
+
+def _player_esm() -> str:
+    """The player's ES module: the files of static/player/ joined in ``_PLAYER_JS`` order."""
+    folder = _STATIC / "player"
+    return "\n".join(
+        f"// ---- {name}\n{(folder / name).read_text(encoding='utf-8')}" for name in _PLAYER_JS
+    )
+
+
 #: What :func:`display_player` can embed for widget-less viewers.
 FALLBACK_FORMATS = (*formats.SAVABLE, None)
 FALLBACK_MP3_BITRATE = 64
@@ -107,7 +131,7 @@ class Player(anywidget.AnyWidget):
         - Traits hold only small state; audio is never stored in a trait.
     """
 
-    _esm = _STATIC / "player.js"
+    _esm = _player_esm()
     _css = _STATIC / "player.css"
 
     #: idle, connecting, streaming, finished, failed or stopped.

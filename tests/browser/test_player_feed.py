@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import fish_notebook
+from fish_notebook.widget import Player
 
 from .conftest import ARTIFACTS, NotebookPage, write_metrics
 
@@ -27,10 +26,9 @@ CHUNK_S = 0.1
 
 
 def jitter_buffer_ms() -> float:
-    """The player's first jitter buffer, read from player.js (for the figures)."""
-    source = (Path(fish_notebook.__file__).parent / "static" / "player.js").read_text()
-    found = re.search(r"const JITTER_S = ([0-9.]+);", source)
-    assert found is not None, "player.js no longer defines JITTER_S"
+    """The player's first jitter buffer, read from the page's code (for the figures)."""
+    found = re.search(r"const JITTER_S = ([0-9.]+);", str(Player._esm))
+    assert found is not None, "the player's code no longer defines JITTER_S"
     return round(float(found.group(1)) * 1000, 1)
 
 

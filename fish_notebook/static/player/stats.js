@@ -1,0 +1,86 @@
+// Stats: what the page received, scheduled and played, published as JSON in the player
+// element's `data-stats` attribute (tests and tools read it) and in the model's `stats` trait.
+
+/** How often the stats are published to the DOM while something changes... */
+const STATS_MS = 250;
+/** ...and to Python (a trait update goes through the kernel). */
+const SYNC_MS = 1000;
+/** Per-chunk detail (seqs, starts, gaps, latencies) is kept for this many chunks. */
+const MAX_DETAIL = 1000;
+
+/**
+ * @typedef {"seqs_received" | "arrivals_ms" | "gaps" | "scheduled_seqs" | "starts" | "latencies_ms" | "underrun_late_ms"} DetailName
+ */
+
+/** One player's figures, and when they were last published and synced. */
+class Stats {
+  /** @param {Model} model */
+  constructor(model) {
+    this.model = model;
+    this.data = {
+      chunks_received: 0,
+      seqs_received: /** @type {number[]} */ ([]),
+      duplicates: 0,
+      replays: 0,
+      scheduled_seqs: /** @type {number[]} */ ([]),
+      starts: /** @type {number[]} */ ([]),
+      gaps: /** @type {number[]} */ ([]),
+      latencies_ms: /** @type {number[]} */ ([]),
+      underrun_late_ms: /** @type {number[]} */ ([]),
+      arrivals_ms: /** @type {number[]} */ ([]),
+      underruns: 0,
+      scheduled: 0,
+      max_gap: 0,
+      max_latency_ms: 0,
+      runs: 0,
+      ctx_state: "none",
+      ctx_time: 0,
+      ctx_sample_rate: 0,
+      samples: 0,
+      rate: 0,
+      audio_s: 0,
+      position_s: 0,
+      playing: false,
+      views: 0,
+      status: "",
+      chunk_count: 0,
+    };
+    /** the JSON last published to the DOM ("" before the first time) */
+    this.published = "";
+    this.synced = "";
+    this.syncedAt = 0;
+  }
+
+  /**
+   * Append to a per-chunk detail list, up to MAX_DETAIL entries.
+   * @param {DetailName} name
+   * @param {number} value
+   */
+  detail(name, value) {
+    const list = this.data[name];
+    if (list.length < MAX_DETAIL) list.push(value);
+  }
+
+  /**
+   * Serialize the figures, and copy them to Python when due.
+   * @returns {string | null} the JSON for the DOM when it changed since the last call
+   */
+  publish() {
+    const text = JSON.stringify(this.data);
+    const changed = text !== this.published;
+    this.published = text;
+    this.sync(); // a change published to the DOM may still be due for Python
+    return changed ? text : null;
+  }
+
+  /** Copy the published figures to the Python trait, at most once per SYNC_MS. */
+  sync() {
+    const text = this.published;
+    const now = performance.now();
+    if (!text || text === this.synced || now - this.syncedAt < SYNC_MS) return;
+    this.synced = text;
+    this.syncedAt = now;
+    this.model.set("stats", JSON.parse(text));
+    this.model.save_changes();
+  }
+}
