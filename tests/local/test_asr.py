@@ -241,7 +241,7 @@ def test_model_choices_are_checked(tmp_path: Path) -> None:
     assert "allow_download=True" in str(caught.value)
     for bad in ({"beam_size": 0}, {"cpu_threads": -1}, {"max_seconds": float("nan")}):
         with pytest.raises(ValidationError):
-            Transcriber(**bad)  # type: ignore[arg-type]
+            Transcriber(**bad)
 
 
 def test_a_broken_model_directory_says_so(tmp_path: Path) -> None:
