@@ -285,6 +285,25 @@ _loaded: dict[tuple[str, int], Any] = {}
 _loading = threading.Lock()
 
 
+def _load_failure(exc: Exception, *, is_dir: bool, allow_download: bool) -> str:
+    """What to tell the user when faster-whisper could not load a model."""
+    if is_dir:
+        return f"is not a loadable CTranslate2 Whisper model ({exc})"
+    if isinstance(exc, ValueError) and "Invalid model size" in str(exc):
+        return f"is neither a directory nor a faster-whisper model name ({exc})"
+    if allow_download:
+        return (
+            f"could not be fetched ({type(exc).__name__}): a model name is fetched from the "
+            "Hugging Face Hub, which needs the network; pass a directory of CTranslate2 "
+            "Whisper files instead, or None for the packaged tiny.en"
+        )
+    return (
+        "is not in the local Hugging Face cache, and fetching it needs the network: pass "
+        "allow_download=True where there is one, a directory of CTranslate2 Whisper files, "
+        "or None for the packaged tiny.en"
+    )
+
+
 def _load(source: str, is_dir: bool, allow_download: bool, threads: int) -> Any:
     """The WhisperModel for ``source``, loaded once per process (per thread count)."""
     with _loading:
@@ -304,20 +323,7 @@ def _load(source: str, is_dir: bool, allow_download: bool, threads: int) -> Any:
                 local_files_only=not allow_download,
             )
         except Exception as exc:
-            if is_dir:
-                why = f"is not a loadable CTranslate2 Whisper model ({exc})"
-            elif allow_download:
-                why = (
-                    f"could not be fetched ({type(exc).__name__}): a model name is fetched "
-                    "from the Hugging Face Hub, which needs the network; pass a directory "
-                    "of CTranslate2 Whisper files instead, or None for the packaged tiny.en"
-                )
-            else:
-                why = (
-                    "is not in the local Hugging Face cache, and fetching it needs the "
-                    "network: pass allow_download=True where there is one, a directory of "
-                    "CTranslate2 Whisper files, or None for the packaged tiny.en"
-                )
+            why = _load_failure(exc, is_dir=is_dir, allow_download=allow_download)
             raise ValidationError("model", source, why) from exc
         _loaded[(source, threads)] = model
         return model

@@ -13,6 +13,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: prove no download
 
 import re
+import socket
 import statistics
 import struct
 import subprocess
@@ -239,9 +240,28 @@ def test_model_choices_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="needs the network") as caught:
         named.load()
     assert "allow_download=True" in str(caught.value)
+    with pytest.raises(ValidationError, match="neither a directory nor a faster-whisper model"):
+        Transcriber("no-such-model").load()
     for bad in ({"beam_size": 0}, {"cpu_threads": -1}, {"max_seconds": float("nan")}):
         with pytest.raises(ValidationError):
             Transcriber(**bad)
+
+
+def test_allow_download_without_a_network_says_it_is_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """allow_download=True offline: ValidationError naming the network (no packet sent:
+    the Hub's offline mode is on and every socket connect is refused)."""
+    import huggingface_hub.constants
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network use during an offline test")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(ValidationError, match="could not be fetched.*needs the network"):
+        Transcriber("base.en", allow_download=True).load()
 
 
 def test_a_broken_model_directory_says_so(tmp_path: Path) -> None:
