@@ -61,7 +61,7 @@ SAMPLE_RATE = 16_000
 #: Largest upload accepted: 32 MiB holds 2 minutes of 48 kHz 24-bit stereo.
 MAX_AUDIO_BYTES = 32 * 1024 * 1024
 #: Longest audio accepted, in seconds. A voice turn lasts seconds; this bounds the CPU time
-#: of one call (about 4 s per 30 s window with tiny.en on 2 cores, docs/LISTENING.md).
+#: of one call (Whisper works in 30 s windows: at most four of them).
 MAX_AUDIO_SECONDS = 120.0
 #: Below telephone rate there is too little of the voice left to recognise.
 MIN_SAMPLE_RATE = 8_000
@@ -345,7 +345,7 @@ class Transcriber:
     (``"base.en"``, ``"Systran/faster-whisper-small"``), found in the local Hugging Face
     cache, or fetched when ``allow_download`` is true (that needs the network).
     ``beam_size`` 1 is greedy decoding, the quickest; 5 is Whisper's usual, a little more
-    accurate and about 1.2x slower. ``cpu_threads`` defaults to the cores this process may use.
+    accurate for 5-15 % more CPU (docs/LISTENING.md). ``cpu_threads`` defaults to the cores this process may use.
     """
 
     def __init__(
