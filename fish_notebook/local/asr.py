@@ -345,7 +345,8 @@ class Transcriber:
     (``"base.en"``, ``"Systran/faster-whisper-small"``), found in the local Hugging Face
     cache, or fetched when ``allow_download`` is true (that needs the network).
     ``beam_size`` 1 is greedy decoding, the quickest; 5 is Whisper's usual, a little more
-    accurate for 5-15 % more CPU (docs/LISTENING.md). ``cpu_threads`` defaults to the cores this process may use.
+    accurate for 5-15 % more CPU (docs/LISTENING.md). ``cpu_threads`` defaults to the cores
+    this process may use.
     """
 
     def __init__(
