@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall only when the package metadata changes; quick when already done.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[local,dev,llm]'
+	$(BIN)/python -m pip install -q -e '.[local,listen,dev,llm]'
 	touch $@
 
 system:

@@ -10,6 +10,7 @@ import pytest
 
 MODULES = [
     "fish_notebook.local",
+    "fish_notebook.local.asr",
     "fish_notebook.local.chunker",
     "fish_notebook.local.cli",
     "fish_notebook.local.encoding",
