@@ -2,19 +2,15 @@
 
 The Fish SDK's realtime recipe ends with ``play(audio_stream)``; this is that call, made live:
 chunks play in the notebook while they arrive, instead of after the whole stream.
-:func:`start_playing` is the step it shares with ``speak()``: show a session's player, then
-start the session.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-from .session import BaseSession, Playback
+from .session import Playback
 
-__all__ = ["play", "start_playing"]
-
-_S = TypeVar("_S", bound=BaseSession)
+__all__ = ["play"]
 
 
 def play(stream: Any, *, display: bool = True, **options: Any) -> Playback:
@@ -31,17 +27,9 @@ def play(stream: Any, *, display: bool = True, **options: Any) -> Playback:
 
     The call returns at once; ``.wait()`` blocks until the stream is done.
     """
-    return start_playing(Playback(stream, start=False, **options), display=display)
-
-
-def start_playing(session: _S, *, display: bool = True) -> _S:
-    """Show ``session``'s live player (unless ``display`` is false), then start it.
-
-    The player's static fallback, for viewers without widgets, is MP3: saved notebooks are
-    ten times smaller than with WAV.
-    """
+    playback = Playback(stream, start=False, **options)
     if display:
-        from .widget import display_player  # the widget stack only when something is shown
+        from .widget import display_player
 
-        display_player(session, fallback="mp3")
-    return session.start()
+        display_player(playback, fallback="mp3")  # 10x smaller saved notebooks than WAV
+    return playback.start()
