@@ -199,9 +199,10 @@ class Player(anywidget.AnyWidget):
         """Listen to ``session``: replay what it has so far, then follow it live.
 
         Raises:
-            SessionStateError: This player already follows a session, or was fed by hand.
+            SessionStateError: This player follows (or followed) a session, or was fed audio
+                by hand.
         """
-        if self._session is not None:
+        if not self._fed_by_hand:  # attached now or before: its views hold that recording
             raise SessionStateError("this player already follows a session: create a new Player")
         if self._recording.chunk_count:
             raise SessionStateError("this player was fed audio by hand: create a new Player")

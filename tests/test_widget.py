@@ -457,7 +457,8 @@ def test_the_player_reads_the_sessions_recording_so_the_kernel_holds_the_pcm_onc
 
 def test_a_player_fed_by_hand_records_into_its_own_recording() -> None:
     """No session: the player keeps what it is given (text, audio, words, rate) itself, and
-    refuses to follow a session afterwards (the page already has its chunks)."""
+    refuses to follow a session afterwards (the page already has its chunks); so does a
+    player that followed one."""
     player = Player(sample_rate=8000)
     player.on_text("Hi ")
     player.on_flush()
@@ -472,7 +473,10 @@ def test_a_player_fed_by_hand_records_into_its_own_recording() -> None:
         [("Hi", 0.0, 0.1)],
     )
     assert recording.sample_rate == 16000 and recording.chunk(0).chars == 3
-    with threaded_wire_server() as server:
-        session = Session("Hello.", base_url=server.base_url, start=False)
-        with pytest.raises(SessionStateError, match="by hand"):
-            player.attach(session)
+    session = Session("Hello.", base_url="ws://127.0.0.1:9", start=False)  # never started
+    with pytest.raises(SessionStateError, match="by hand"):
+        player.attach(session)
+    follower = Player(session)
+    follower.detach()
+    with pytest.raises(SessionStateError, match="already follows"):
+        follower.attach(session)  # its views hold that session's chunks
