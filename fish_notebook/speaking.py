@@ -163,21 +163,10 @@ def speak(
     """
     if client is None:
         client = make_client(backend, base_url=base_url, api_key=api_key, model=model)
-    options = {
-        "reference_id": voice or defaults.voice,
-        "latency": latency or defaults.latency,
-        "speed": speed if speed is not None else defaults.speed,
-        "volume": volume if volume is not None else defaults.volume,
-        **request_options,
-    }
+    options = _request_options(voice, latency, speed, volume, request_options)
+    model = model or defaults.model
     session = Session(
-        source,
-        client=client,
-        model=model or defaults.model,
-        save=save,
-        format=format,
-        start=False,
-        **{k: v for k, v in options.items() if v is not None},
+        source, client=client, model=model, save=save, format=format, start=False, **options
     )
     for listener in listeners:
         session.add_listener(listener, replay=False)
@@ -189,6 +178,25 @@ def speak(
     if wait is not False:
         session.wait(None if wait is True else float(wait))
     return session
+
+
+def _request_options(
+    voice: str | None,
+    latency: str | None,
+    speed: float | None,
+    volume: float | None,
+    others: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A call's request fields, the kernel defaults filling what it leaves unset; the fields
+    neither sets are left out (the server's own defaults apply)."""
+    options = {
+        "reference_id": voice or defaults.voice,
+        "latency": latency or defaults.latency,
+        "speed": speed if speed is not None else defaults.speed,
+        "volume": volume if volume is not None else defaults.volume,
+        **others,
+    }
+    return {k: v for k, v in options.items() if v is not None}
 
 
 # --- an LLM's tokens ------------------------------------------------------------------------
@@ -346,34 +354,41 @@ def compare_timelines(runs: Mapping[str, Timeline], *, width: int = 760) -> str:
         )
         tick += step
     for row, (name, timeline) in enumerate(runs.items()):
-        y = top + row * row_h
-        first = timeline.first_audio
-        caption = f"first audio {first:.2f} s" if first is not None else "no audio"
-        parts.append(
-            f'<text x="4" y="{y + lane_h - 3}" fill="#222">{html.escape(name)}</text>'
-            f'<text x="4" y="{y + 2 * lane_h - 3}" fill="#777">{caption}</text>'
-        )
-        for t, kind, value in timeline.events:
-            x = label_w + t * scale
-            if kind == "text":
-                parts.append(
-                    f'<line x1="{x:.1f}" y1="{y + 3}" x2="{x:.1f}" y2="{y + lane_h - 2}" '
-                    'stroke="#3b6fb6" stroke-width="1.2"/>'
-                )
-            elif kind == "flush":
-                parts.append(
-                    f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 2 * lane_h}" '
-                    'stroke="#d33" stroke-width="2"/>'
-                )
-            elif kind == "audio":
-                w = max(1.0, timeline.audio_seconds(value) * scale)
-                parts.append(
-                    f'<rect x="{x:.1f}" y="{y + lane_h + 2}" width="{w:.1f}" '
-                    f'height="{lane_h - 4}" fill="#2a9d60" fill-opacity="0.55" '
-                    'stroke="#1d6b42" stroke-width="0.5"/>'
-                )
+        parts += _lanes(name, timeline, top + row * row_h, label_w, lane_h, scale)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _lanes(
+    name: str, timeline: Timeline, y: int, label_w: int, lane_h: int, scale: float
+) -> list[str]:
+    """One run's two lanes (text sent, audio received) at height ``y``, as SVG elements."""
+    first = timeline.first_audio
+    caption = f"first audio {first:.2f} s" if first is not None else "no audio"
+    parts = [
+        f'<text x="4" y="{y + lane_h - 3}" fill="#222">{html.escape(name)}</text>'
+        f'<text x="4" y="{y + 2 * lane_h - 3}" fill="#777">{caption}</text>'
+    ]
+    for t, kind, value in timeline.events:
+        x = label_w + t * scale
+        if kind == "text":
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y + 3}" x2="{x:.1f}" y2="{y + lane_h - 2}" '
+                'stroke="#3b6fb6" stroke-width="1.2"/>'
+            )
+        elif kind == "flush":
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 2 * lane_h}" '
+                'stroke="#d33" stroke-width="2"/>'
+            )
+        elif kind == "audio":
+            w = max(1.0, timeline.audio_seconds(value) * scale)
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y + lane_h + 2}" width="{w:.1f}" '
+                f'height="{lane_h - 4}" fill="#2a9d60" fill-opacity="0.55" '
+                'stroke="#1d6b42" stroke-width="0.5"/>'
+            )
+    return parts
 
 
 def _tick_step(end: float) -> float:

@@ -7,11 +7,13 @@ half is tested in tests/browser/.
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import re
 import struct
 import time
+import tracemalloc
 import wave
 from typing import Any
 
@@ -417,3 +419,64 @@ def test_text_waiting_for_its_transcript_update_goes_out_before_its_words() -> N
         if data.get("content", {}).get("kind") == "words"
     )
     assert text_at < words_at
+
+
+class DiscardingComm(BaseComm):
+    """A comm that sends nothing and keeps nothing, like one whose frontend is gone."""
+
+    def publish_msg(self, msg_type: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_the_player_reads_the_sessions_recording_so_the_kernel_holds_the_pcm_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attached player keeps no copy: it plays the session's recording, and after a
+    3.2 MB stream the kernel holds about 3.2 MB (one copy), not two."""
+    monkeypatch.setattr(comm, "create_comm", lambda **kwargs: DiscardingComm(**kwargs))
+    Playback([pcm(100)], format="pcm").wait(20)  # start the loop and reader threads first
+    chunk_samples, chunks = 16_000, 100
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        stream = (pcm(chunk_samples, i) for i in range(chunks))
+        playback = Playback(stream, format="pcm", sample_rate=16000, start=False)
+        player = Player(playback)
+        playback.start().wait(20)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    size = chunks * chunk_samples * 2
+    assert player.recording is playback.recording
+    assert player.audio == playback.audio and len(playback.audio) == size
+    assert player.chunk_count == chunks
+    assert size <= held < 1.25 * size, f"held {held / size:.2f}x the PCM"
+
+
+def test_a_player_fed_by_hand_records_into_its_own_recording() -> None:
+    """No session: the player keeps what it is given (text, audio, words, rate) itself, and
+    refuses to follow a session afterwards (the page already has its chunks); so does a
+    player that followed one."""
+    player = Player(sample_rate=8000)
+    player.on_text("Hi ")
+    player.on_flush()
+    player.on_audio(pcm(800), 7)
+    player.on_audio(b"", 8)  # no samples: nothing recorded, nothing sent
+    player.on_words([TimedWord("Hi", 0.0, 0.1)])
+    player.sample_rate = 16000
+    recording = player.recording
+    assert (recording.text, recording.chunks, recording.words) == (
+        ["Hi ", None],
+        [pcm(800)],
+        [("Hi", 0.0, 0.1)],
+    )
+    assert recording.sample_rate == 16000 and recording.chunk(0).chars == 3
+    session = Session("Hello.", base_url="ws://127.0.0.1:9", start=False)  # never started
+    with pytest.raises(SessionStateError, match="by hand"):
+        player.attach(session)
+    follower = Player(session)
+    follower.detach()
+    with pytest.raises(SessionStateError, match="already follows"):
+        follower.attach(session)  # its views hold that session's chunks
