@@ -197,7 +197,7 @@ async def test_connect_with_timestamps(local_server: ThreadedServer) -> None:
     client = AsyncRealtimeClient(base_url=local_server.url)
     timeline = WordTimeline()
     async with client.connect(format="pcm", timestamps=True) as stream:
-        assert stream.endpoint.url.endswith(LIVE_TIMESTAMP_PATH)
+        assert stream.endpoint.ws_url(timestamps=stream.timestamps).endswith(LIVE_TIMESTAMP_PATH)
         await stream.send_text("One two")
         await stream.flush()
         await stream.send_text(" three four.")
