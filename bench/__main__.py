@@ -53,12 +53,13 @@ class Plan:
     mp3_seconds: float
     what_if_repeats: int
     profiles: bool
+    kernel_rounds: int
 
 
-FULL = Plan(5, True, True, 3, 3, 5000, 300, 9, (1, 2, 4, 8, 12, 16), 8, 4, 3, 30.0, 5, True)
-QUICK = Plan(2, False, False, 1, 1, 2000, 150, 3, (1, 2, 4, 8), 2, 2, 2, 5.0, 0, False)
+FULL = Plan(5, True, True, 3, 3, 5000, 300, 9, (1, 2, 4, 8, 12, 16), 8, 4, 3, 30.0, 5, True, 3)
+QUICK = Plan(2, False, False, 1, 1, 2000, 150, 3, (1, 2, 4, 8), 2, 2, 2, 5.0, 0, False, 1)
 
-ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "mp3")
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "mp3")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         run("row 5 (server flush vs raw Piper)", lambda: [capacity.flush_row(plan.flush_repeats)])
     if "8" in wanted:
         run("row 8 (browser)", browser_rows)
+    if "9" in wanted:
+        from . import kernels
+
+        run(
+            "row 9 (real kernels: first cell, memory)",
+            lambda: kernels.kernel_rows(plan.kernel_rounds),
+        )
     if "mp3" in wanted:
         run("row mp3 (decode)", lambda: mp3_rows(plan.mp3_seconds, 1 if args.quick else 3))
 
