@@ -1,10 +1,11 @@
 """``python -m bench``: run every benchmark row, print the table, save it as JSON.
 
 ``--quick`` runs fewer repeats and skips the sync-face rows, the what-if rows and the
-profiles (well under a minute); the full run takes a few minutes. ``--rows 1,4`` runs a
-subset. Results go to ``bench/results/<timestamp>.json`` and ``latest.json`` (plus
-``latest.md``, the table as Markdown, and the profiles as ``<timestamp>.profile-rowN.txt``);
-quick runs write ``<timestamp>-quick.json``, ``latest-quick.json`` and ``latest-quick.md``.
+profiles (a few minutes); the full run takes ten minutes or more. ``--rows 1,4`` runs a
+subset (``1``-``9``, ``mp3``). Results go to ``bench/results/<timestamp>.json`` and
+``latest.json`` (plus ``latest.md``, the table as Markdown, and the profiles as
+``<timestamp>.profile-rowN.txt``); quick runs write ``<timestamp>-quick.json``,
+``latest-quick.json`` and ``latest-quick.md``.
 """
 
 from __future__ import annotations
