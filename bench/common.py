@@ -264,7 +264,8 @@ def trailing_space_tokens(text: str) -> list[str]:
 def sentence_tokens(text: str) -> list[str]:
     """One token per sentence (its trailing whitespace included), as a caller that buffers
     the LLM's output into sentences hands them over."""
-    pieces, start = [], 0
+    pieces: list[str] = []
+    start = 0
     for end in sentence_ends(text):
         while end < len(text) and text[end].isspace():
             end += 1
@@ -278,7 +279,8 @@ def sentence_tokens(text: str) -> list[str]:
 
 def char_chunk_tokens(text: str, sizes: tuple[int, ...] = (3, 4, 5)) -> list[str]:
     """Pieces of 3, 4, 5, 3, ... characters with no regard for words or sentences."""
-    pieces, start = [], 0
+    pieces: list[str] = []
+    start = 0
     for size in itertools.cycle(sizes):
         if start >= len(text):
             return pieces

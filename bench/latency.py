@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import threading
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fishaudio import AsyncFishAudio, FishAudio
 from fishaudio.utils import play as sdk_play
@@ -68,7 +70,8 @@ def ours_async(
         first, size = None, 0
         t0 = now()
         tokens = apaced_at(text, t0, tokenizer=tokenizer)
-        stream = client.stream_websocket(tokens, format="pcm", **options)
+        chunks = client.stream_websocket(tokens, format="pcm", **options)
+        stream = cast(AsyncGenerator[bytes, None], chunks)  # an async generator: closable
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 if first is None:
@@ -199,8 +202,12 @@ def ttfa_rows(
             "ours_audio_bytes": [r.audio_bytes for r in runs[ours_name]],
             "peer_audio_bytes": [r.audio_bytes for r in runs[sdk_name]],
         }
-        rows.append(row.finish(lambda ratio, _m, g=row_goal: ratio is not None and ratio <= g))
+        rows.append(row.finish(functools.partial(_at_most, row_goal)))
     return rows
+
+
+def _at_most(goal: float, ratio: float | None, _median: float | None) -> bool:
+    return ratio is not None and ratio <= goal
 
 
 # --- row 3: first sound in the notebook ------------------------------------------------------
@@ -233,7 +240,7 @@ def session_first_sound(url: str, **options: Any) -> float:
     t0 = now()
     tokens = paced_at(TEN_SENTENCES, t0)
     session = Session(tokens, base_url=url, start=False, **options)
-    session.add_listener(listener)  # type: ignore[arg-type]
+    session.add_listener(listener)
     session.start()
     listener.arrived.wait(60)
     session.stop()

@@ -6,7 +6,6 @@ would be wired in. The two that can run today do (``python -c`` them by hand to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 from pathlib import Path
@@ -75,11 +74,9 @@ async def _reuse_samples(url: str, repeats: int) -> tuple[list[float], list[floa
 async def _ready_text_ttfa(client: AsyncRealtimeClient) -> float:
     began = now()
     first: float | None = None
-    stream = client.stream_websocket(READY_TEXT, format="pcm")
-    async with contextlib.aclosing(stream):
-        async for _chunk in stream:
-            if first is None:
-                first = now()
+    async for _chunk in client.stream_websocket(READY_TEXT, format="pcm"):  # to its end
+        if first is None:
+            first = now()
     if first is None:
         raise RuntimeError("no audio")
     return first - began
@@ -136,10 +133,9 @@ async def _streamed_pcm(url: str, text: str) -> tuple[bytes, int]:
     rate = build_request(format="pcm").effective_sample_rate
     parts: list[bytes] = []
     try:
-        stream = client.stream_websocket(apaced_at(text, now()), format="pcm")
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                parts.append(chunk)
+        tokens = apaced_at(text, now())
+        async for chunk in client.stream_websocket(tokens, format="pcm"):  # to its end
+            parts.append(chunk)
     finally:
         await client.aclose()
     return b"".join(parts), rate
