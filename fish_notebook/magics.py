@@ -38,7 +38,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.text import FullEvalFormatter
 
-from . import hints
+from . import hints, warmup
 from .errors import ValidationError
 from .protocol import DEFAULT_MODEL, LATENCY_MODES, FlushEvent, TextEvent
 from .speaking import DEFAULT_LLM_MODEL, chat_stream, defaults, describe_backend, speak
@@ -494,6 +494,7 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics (``%load_ext fish_notebook``) and the ``asyncio.run`` hint."""
     ipython.register_magics(SpeakMagics)
     hints.install(ipython)
+    warmup.start_warmup()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
