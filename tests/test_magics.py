@@ -581,7 +581,7 @@ def test_ipython_config_file_sets_the_defaults_of_every_kernel(
         record = record_with(local_server, "From the config file.")
         request = record.received[0].event.request  # type: ignore[union-attr]
         assert request.reference_id == "en_US-joe-medium"
-        assert request.prosody.speed == pytest.approx(1.2)
+        assert request.prosody is not None and request.prosody.speed == pytest.approx(1.2)
 
 
 # --- dialogue cells -------------------------------------------------------------------------------
