@@ -578,20 +578,15 @@ class SpeakMagics(Magics, SpeakSettings):
         return prompt
 
     def _llm_source(self, args: Any, prompt: str) -> Any:
-        extra: dict[str, Any] = {}
-        if args.chat:
-            # chat_stream() sends [system, prompt]; the whole conversation replaces them in
-            # the request body (the openai client lets extra_body override its fields).
-            messages = self.conversation.messages(prompt, args.system)
-            extra["extra_body"] = {"messages": messages}
+        history = self.conversation.messages() if args.chat else []
         try:
             return chat_stream(
                 prompt,
                 model=args.llm_model,
                 system=args.system,
+                history=history,
                 base_url=args.llm_url,
                 api_key=args.llm_key,
-                **extra,
             )
         except ValidationError as exc:
             raise UsageError(f"--llm: {exc}") from None

@@ -19,7 +19,7 @@ import dataclasses
 import html
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import endpoints
@@ -207,6 +207,7 @@ def chat_stream(
     *,
     model: str | None = None,
     system: str | None = None,
+    history: Sequence[Mapping[str, str]] = (),
     base_url: str | None = None,
     api_key: str | None = None,
     timeout: float = 60.0,
@@ -220,6 +221,9 @@ def chat_stream(
     ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``; a server that needs no key (a local
     OpenAI-compatible one) works with just a URL. ``model`` defaults to the kernel default
     (``%speak_config --llm-model``), then ``OPENAI_MODEL``, then ``gpt-4o-mini``.
+    ``history`` is the conversation so far (``{"role", "content"}`` messages, as
+    :meth:`fish_notebook.chat.Conversation.messages` gives them), sent after ``system`` and
+    before ``prompt``.
 
     Raises MissingDependencyError at once when ``openai`` (extra ``llm``) is not installed,
     and ValidationError when neither a key nor a URL is known. Errors of the stream itself
@@ -243,6 +247,7 @@ def chat_stream(
     messages: list[Any] = []
     if system:
         messages.append({"role": "system", "content": system})
+    messages += [{"role": m["role"], "content": m["content"]} for m in history]
     messages.append({"role": "user", "content": prompt})
     client = openai.OpenAI(api_key=api_key or "not-needed", base_url=base_url, timeout=timeout)
 
