@@ -26,7 +26,7 @@ from fish_notebook import (
     ValidationError,
     WebSocketError,
 )
-from fish_notebook.client import build_request
+from fish_notebook.options import build_request
 from tests.helpers import REQUEST_FIELDS
 from tests.wire_server import WireServer
 

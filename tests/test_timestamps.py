@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fish_notebook.client import AsyncRealtimeClient, RealtimeClient, TimedWord, WordTimeline
+from fish_notebook.client import AsyncRealtimeClient, RealtimeClient
 from fish_notebook.errors import SessionStateError
 from fish_notebook.local import ThreadedServer
 from fish_notebook.protocol import (
@@ -20,6 +20,7 @@ from fish_notebook.protocol import (
     unpack_server_event,
 )
 from fish_notebook.session import Session, subtitles
+from fish_notebook.timeline import TimedWord, WordTimeline
 from tests.helpers import RecordingListener
 
 TEXT = "The quick brown fox jumps over the lazy dog. It was 1999, and then it rested."
