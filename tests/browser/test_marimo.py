@@ -4,11 +4,12 @@ marimo shows a cell's last expression (IPython's ``display()`` is not how output
 so a notebook writes ``speak(...)`` last in a cell and the session shows as its live player.
 The test writes a small marimo notebook, serves it with ``marimo edit`` and with ``marimo
 run`` on a free loopback port (its own HOME and config folders, no update check, a token,
-its process group ended after the test), opens it in the suite's
-Chromium and checks that the player renders, that audio is scheduled, and that its Stop
-button stops the session: the player's click travels marimo's widget message path to
-``Session.stop()``, and the TTS server (in this process, see conftest.py) sees its socket
-closed before the text was all sent.
+its process group ended after the test), opens it in the suite's Chromium and checks that
+the player renders, that audio is scheduled, and that its Stop button stops the session: the
+click travels marimo's widget message path to ``Session.stop()``, and the TTS server (in
+this process, see conftest.py) sees its socket closed before the text was all sent.
+
+marimo is a dev dependency: without it these tests fail, they do not skip.
 
 The page may reach only the marimo server: any other request is aborted, and the test fails
 if there was one (no network here, and nothing may wait on it).
@@ -39,8 +40,6 @@ from ..helpers import wait_until
 from .conftest import ARTIFACTS, DUMMY_KEY, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
-
-pytest.importorskip("marimo")
 
 MARIMO_START_TIMEOUT = 90.0
 PAGE_WAIT_MS = 60_000
