@@ -99,6 +99,9 @@ class BaseSession:
         self._future: concurrent.futures.Future[None] | None = None
         self._done = threading.Event()
         self._stop_requested = False
+        #: The live player that ``widget.display_player`` made for this session, if any
+        #: (a ``fish_notebook.widget.Player``): marimo shows it in place of the session.
+        self.player: Any = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -290,6 +293,22 @@ class BaseSession:
         m = self.metrics
         name = type(self).__name__
         return f"<{name} {m['state']} audio={m['audio_s']:.2f}s chunks={m['chunks']}>"
+
+    def _display_(self) -> Any:
+        """marimo's display protocol (IPython ignores it): marimo shows a cell's last
+        expression, not what ``display()`` is given, so a session there shows as its live
+        player (its Stop and Flush buttons drive it), or as its repr when it has none."""
+        return self.player if self.player is not None else _PlainText(repr(self))
+
+
+class _PlainText:
+    """Text that marimo shows as it is (its ``_mime_`` protocol), without quotes."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _mime_(self) -> tuple[str, str]:
+        return "text/plain", self.text
 
 
 class Session(BaseSession):

@@ -152,7 +152,8 @@ def speak(
             kernel defaults (``%speak_config``).
         save: a ``.wav`` or ``.mp3`` path written when the session ends, whatever the end.
         backend: ``"auto"``, ``"local"`` or ``"cloud"``; ``base_url`` overrides it.
-        display: show the live player (with a static ``<audio>`` once it ends).
+        display: show the live player (with a static ``<audio>`` once it ends). In marimo,
+            which shows a cell's last expression, end the cell with the returned session.
         wait: block until the audio is complete (``True``, or a timeout in seconds); then
             re-raise the session's error if it failed. Ctrl-C stops the session cleanly.
         listeners: extra session listeners (a :class:`Timeline`), attached before it starts.

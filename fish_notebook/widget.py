@@ -46,6 +46,7 @@ import contextvars
 import itertools
 import logging
 import pathlib
+import sys
 import threading
 import time
 import uuid
@@ -122,6 +123,8 @@ class _Session(Controls, Protocol):
 
     @property
     def recording(self) -> Recording: ...
+
+    player: Any  # the player shown for it (marimo displays the session as this)
 
     def add_listener(self, listener: Any, *, replay: bool = True) -> None: ...
 
@@ -503,12 +506,23 @@ def display_player(
         display_fn: How to display (IPython's ``display`` by default).
         **kwargs: Passed to :class:`Player`.
 
+    In a marimo notebook (``display_fn`` left alone) nothing is displayed here: marimo shows
+    a cell's last expression, not what ``display()`` is given. End the cell with the session
+    (it shows as this player: ``session.player``) or, without a session, with the player.
+    No fallback either: marimo keeps no outputs in its notebook files.
+
     Raises:
         ValidationError: ``fallback`` is not one of the values above.
     """
     if fallback not in FALLBACK_FORMATS:
         raise ValidationError("fallback", fallback, "must be 'wav', 'mp3' or None")
     player = Player(**kwargs)
+    if session is not None:
+        session.player = player
+    if display_fn is display and _running_in_marimo():
+        if session is not None:
+            player.attach(session)
+        return player
     display_fn(player)
     if fallback is not None:
         handle = display_fn(HTML(_fallback_html(player.player_id, "")), display_id=True)
@@ -517,3 +531,18 @@ def display_player(
     if session is not None:
         player.attach(session)
     return player
+
+
+def _running_in_marimo() -> bool:
+    """Whether this runs in a marimo notebook's kernel (``marimo edit`` or ``marimo run``).
+
+    marimo is looked up, never imported: a process that has not imported it runs no marimo
+    notebook, and importing it would cost every other kernel time.
+    """
+    marimo = sys.modules.get("marimo")
+    if marimo is None:
+        return False
+    try:
+        return bool(marimo.running_in_notebook())
+    except Exception:  # an old or half-imported marimo: not one this code knows
+        return False
