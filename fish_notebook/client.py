@@ -416,9 +416,11 @@ class _Client(Generic[_Audio, _Events]):
         largest message, receive queue. ``max_workers`` exists for drop-in compatibility with
         the Fish SDK and is ignored.
 
-        ``early_flush`` (on by default) sends one ``flush`` as soon as the first sentence
-        is complete, unless the source flushed first: the first audio then leaves while the
-        rest is still being written, instead of when the server's buffer fills. Later text is
+        ``early_flush`` (on by default) sends one ``flush`` right after the first sentence,
+        unless the source flushed first: the first audio then leaves while the rest is still
+        being written, instead of when the server's buffer fills. It finds the sentence's end
+        whatever the token boundaries, and a short pause of the source confirms an end that
+        nothing follows yet (:class:`fish_notebook.realtime.EarlyFlush`). Later text is
         buffered by the server as usual.
 
         ``timestamps=True`` uses ``/v1/tts/live/with-timestamp`` and yields whole

@@ -189,8 +189,9 @@ def test_text_body_interpolates_and_flushes_where_marked(
         "And {2 + 3} comes after the flush.\n"
     )
     record = record_with(local_server, "Hello Ada")
-    assert segments(record) == [
-        "Hello Ada, this is the first line.\n",
+    assert segments(record) == [  # the client's early flush, then the cell's `--`
+        "Hello Ada, this is the first line.",
+        "\n",
         "And 5 comes after the flush.\n",
     ]
     assert texts(record)[:3] == ["Hello ", "Ada, ", "this "]  # typed word by word
