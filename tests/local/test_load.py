@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.cli import READY_PREFIX
-from fish_notebook.local.server import _Session
+from fish_notebook.local.session import LiveSession
 
 CLIENTS = 50
 DEFAULT_MAX_SESSIONS = 8
@@ -151,7 +151,7 @@ def test_fifty_sessions_at_once_against_the_default_limits(default_server: Threa
         f"heap growth {growth / 1024:.0f} KiB over 100 sessions; top: {top}"
     )
     assert default_server.server.active_sessions == 0
-    assert live(_Session) == 0
+    assert live(LiveSession) == 0
     assert live(ServerConnection) == 0
     assert settled_fds("self", fds) == fds
     assert threading.active_count() == threads
