@@ -18,8 +18,10 @@ frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``
   (also sent as a ``log`` event and logged); every other session goes on.
 - Safe defaults: bound to 127.0.0.1; an optional bearer token (HTTP 401 without it); at
   most ``max_sessions`` sessions (one more gets an ``error`` event with
-  ``max_concurrency`` and is closed, never queued); bounded frame size and buffered text;
-  idle sessions closed. A non-loopback host needs a token unless ``allow_insecure``.
+  ``max_concurrency`` and is closed, never queued); bounded frame size, HTTP body size
+  and buffered text; idle sessions and slow HTTP senders closed; a WebSocket handshake
+  from a browser page of another origin refused (403). A non-loopback host needs a token
+  unless ``allow_insecure``.
 
 ``/v1/tts/live/with-timestamp`` speaks the same protocol, and each ``audio`` event also
 carries ``content`` (the words it holds), ``alignment`` (``segments`` of ``{text, start,
@@ -31,41 +33,100 @@ at most half a second or ``MAX_AUDIO_PAYLOAD`` bytes of them unless a single wor
 (then that word alone, up to ``MAX_TIMED_PAYLOAD``). For ``mp3`` the timeline is the PCM
 that was encoded; the encoder's tail goes out as an event with no words and no duration.
 
-Plain HTTP on the same port: ``GET /healthz`` answers ``ok``; ``GET /v1/voices`` answers
-``{"voices": [{"id", "default", "sample_rate"}]}``.
+Plain HTTP on the same port (:mod:`.http`): ``GET /healthz`` answers ``ok``; ``GET
+/v1/voices`` answers ``{"voices": [{"id", "default", "sample_rate"}]}``.
+
+HTTP and WebSocket share one port through tornado. Why tornado: websockets' own server
+answers only ``GET`` (no ``POST /v1/tts``); tornado serves both on one port, is one pure
+Python package that every Jupyter install already has (ipykernel and jupyter_server depend
+on it), and has the bounds this server needs built in: message size (checked from a
+frame's header, and after inflation), HTTP body size and body/idle timeouts, keepalive
+pings. aiohttp would do too, with a larger dependency tree that Jupyter does not bring.
+What tornado does differently from what clients expect is mended in :mod:`.websocket`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import http
-import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
+from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from tornado.netutil import bind_sockets
+from tornado.web import Application
 
 from .._checks import check_number
-from .._net import RedactingLogger, is_loopback
+from .._net import is_loopback
 from ..errors import ValidationError
-from ..protocol import LIVE_PATH, LIVE_TIMESTAMP_PATH, ErrorEvent, pack
-from .connection import Disconnected
+from ..protocol import LIVE_PATH, LIVE_TIMESTAMP_PATH
+from .connection import Connection
 from .engine import VoiceLibrary
+from .http import Gate, HealthHandler, NotFoundHandler, VoicesHandler, log_access
+from .lingering import LingeringHTTPServer
 from .recorder import Recorder
-from .session import LiveSession, SessionContext
+from .session import SessionContext
 from .threaded import ThreadedServer
+from .websocket import LiveSocketHandler
 
-__all__ = ["HEALTH_PATH", "VOICES_PATH", "LocalServer", "ThreadedServer"]
+__all__ = ["HEALTH_PATH", "VOICES_PATH", "Admission", "LocalServer", "ThreadedServer"]
 
 logger = logging.getLogger("fish_notebook.local")
 
 HEALTH_PATH = "/healthz"
 VOICES_PATH = "/v1/voices"
+#: Seconds that open sessions get to end when the server closes.
+SHUTDOWN_TIMEOUT = 10.0
+#: Keepalive pings (as websockets sends them): every 20 s, a pong due within 20 s.
+PING_INTERVAL = PING_TIMEOUT = 20.0
+
+
+class Admission:
+    """At most ``limit`` sessions at once, counted from start to ``finish``; their tasks.
+
+    A session past the limit is refused at once, never queued.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._tasks: dict[asyncio.Task[None], Connection] = {}
+
+    def __repr__(self) -> str:
+        return f"Admission(active={self.active}, limit={self.limit})"
+
+    def try_open(self) -> bool:
+        """Take a slot; False when all are taken."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        """Give a slot back (once per successful :meth:`try_open`)."""
+        self.active -= 1
+
+    def run(self, session: Coroutine[Any, Any, None], connection: Connection) -> None:
+        """Run a session's coroutine as a task the server ends when it closes."""
+        task = asyncio.ensure_future(session)
+        self._tasks[task] = connection
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def drain(self, timeout: float) -> None:
+        """Close every session's connection (code 1001) and wait for the sessions to end,
+        cancelling those still running after ``timeout``."""
+        tasks = dict(self._tasks)
+        if not tasks:
+            return
+        closing = [c.close(1001, "the server is shutting down") for c in tasks.values()]
+        await asyncio.gather(*closing, return_exceptions=True)
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 class LocalServer:
@@ -130,13 +191,15 @@ class LocalServer:
         self.max_text = max_text
         self.voices = VoiceLibrary(voices_dir, alignment=alignment)
         self.recorder: Recorder | None = Recorder() if record else None
-        self._server: Server | None = None
+        self.gate = Gate(token)
+        self.sessions = Admission(max_sessions)
+        self._http: LingeringHTTPServer | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._active = 0
+        self._stopped = asyncio.Event()
         self.port: int = 0
 
     def __repr__(self) -> str:
-        state = f"url={self.url!r}" if self._server else "not started"
+        state = f"url={self.url!r}" if self._http else "not started"
         auth = ", token=<set>" if self._token else ""
         return f"LocalServer({state}, max_sessions={self.max_sessions}{auth})"
 
@@ -154,29 +217,35 @@ class LocalServer:
     @property
     def active_sessions(self) -> int:
         """Sessions being served now."""
-        return self._active
+        return self.sessions.active
+
+    def session_context(self) -> SessionContext:
+        """What a session of this server needs (only while the server runs)."""
+        assert self._pool is not None
+        return SessionContext(
+            self.voices, self._pool, self.idle_timeout, self.max_text, self.recorder
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> LocalServer:
         """Load the default voice, bind the socket, start serving. Returns self."""
-        if self._server is not None:
+        if self._http is not None:
             return self
         self._pool = ThreadPoolExecutor(self.max_sessions, thread_name_prefix="fish-notebook-tts")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self.voices.default)
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self._requested_port,
-            process_request=self._process_request,
-            max_size=self.max_frame_size,
-            max_queue=8,
-            server_header=None,
-            # websockets logs request headers at DEBUG: never a token or a client's key.
-            logger=RedactingLogger(logging.getLogger("websockets.server"), self._token),
+        sockets = bind_sockets(self._requested_port, self.host or None)
+        self._http = LingeringHTTPServer(
+            self._application(),
+            max_body_size=self.max_frame_size,
+            max_buffer_size=2 * self.max_frame_size + (1 << 20),
+            body_timeout=self.idle_timeout,
+            idle_connection_timeout=self.idle_timeout,
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._http.add_sockets(sockets)
+        self._stopped.clear()
+        self.port = int(sockets[0].getsockname()[1])
         logger.info("serving %s%s", self.url, LIVE_PATH)
         if not is_loopback(self.host) and self._token is None:
             logger.warning(
@@ -184,12 +253,31 @@ class LocalServer:
             )
         return self
 
+    def _application(self) -> Application:
+        route = {"server": self}
+        live = f"(?:{LIVE_PATH}|{LIVE_TIMESTAMP_PATH})/?"
+        return Application(
+            [
+                (f"{HEALTH_PATH}/?", HealthHandler, route),
+                (f"{VOICES_PATH}/?", VoicesHandler, route),
+                (live, LiveSocketHandler, route),
+            ],
+            default_handler_class=NotFoundHandler,
+            default_handler_args=route,
+            log_function=log_access,
+            websocket_max_message_size=self.max_frame_size,
+            websocket_ping_interval=PING_INTERVAL,
+            websocket_ping_timeout=PING_TIMEOUT,
+        )
+
     async def close(self) -> None:
         """Stop accepting, close open sessions (code 1001), wait for them. Safe twice."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
+        http, self._http = self._http, None
+        if http is not None:
+            http.stop()
+            await self.sessions.drain(SHUTDOWN_TIMEOUT)
+            await http.close_all_connections()
+            self._stopped.set()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -197,8 +285,7 @@ class LocalServer:
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
         await self.start()
-        assert self._server is not None
-        await self._server.serve_forever()
+        await self._stopped.wait()
 
     async def __aenter__(self) -> LocalServer:
         return await self.start()
@@ -209,138 +296,3 @@ class LocalServer:
     def run_in_thread(self, timeout: float = 60.0) -> ThreadedServer:
         """This server on its own event loop in a daemon thread; use as a context manager."""
         return ThreadedServer(self, timeout=timeout)
-
-    # --- HTTP side -----------------------------------------------------------------------
-
-    def _authorized(self, request: Request) -> bool:
-        if self._token is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            credentials.strip().encode(), self._token.encode()
-        )
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path.rstrip("/") or "/"
-        if path == HEALTH_PATH:
-            return _cors(connection.respond(http.HTTPStatus.OK, "ok\n"))
-        if path not in (LIVE_PATH, LIVE_TIMESTAMP_PATH, VOICES_PATH):
-            return connection.respond(
-                http.HTTPStatus.NOT_FOUND, f"Not found. The TTS WebSocket is at {LIVE_PATH}\n"
-            )
-        if not self._authorized(request):
-            response = connection.respond(
-                http.HTTPStatus.UNAUTHORIZED,
-                "Missing or wrong token: send the header 'Authorization: Bearer <token>' "
-                "with the token the server was started with\n",
-            )
-            response.headers["WWW-Authenticate"] = 'Bearer realm="fish-notebook"'
-            return _cors(response)
-        if path == VOICES_PATH:
-            body = json.dumps({"voices": [v.to_json() for v in self.voices.voices()]})
-            response = connection.respond(http.HTTPStatus.OK, body)
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = "application/json"
-            return _cors(response)
-        return None  # the WebSocket handshake goes on
-
-    # --- WebSocket side ------------------------------------------------------------------
-
-    async def _handle(self, connection: ServerConnection) -> None:
-        if self._active >= self.max_sessions:
-            logger.warning("refused a session: %d sessions already open", self._active)
-            refusal = ErrorEvent(
-                "Concurrency limit exceeded", {"max_concurrency": self.max_sessions}
-            )
-            try:
-                await connection.send(pack(refusal))
-                await _close(connection, 1013, "Concurrency limit exceeded")
-            except ConnectionClosed:
-                pass
-            return
-        self._active += 1
-        released = False
-
-        def release() -> None:
-            # The slot is free once the session has said its last word (finish), before the
-            # closing handshake: a client that starts its next session as soon as this one
-            # closes must not be refused for it.
-            nonlocal released
-            if not released:
-                released = True
-                self._active -= 1
-
-        try:
-            assert self._pool is not None
-            context = SessionContext(
-                self.voices, self._pool, self.idle_timeout, self.max_text, self.recorder
-            )
-            await LiveSession(context, _WebsocketsConnection(connection), release).run()
-        finally:
-            release()
-
-
-async def _close(connection: ServerConnection, code: int = 1000, reason: str = "") -> None:
-    """Close, reading and dropping whatever the client still sends meanwhile.
-
-    Nothing else reads the connection by then. Without this, a client that keeps sending
-    fills the incoming queue, websockets stops reading the socket, never sees the client's
-    closing frame, and the session stays open until the close timeout (10 s) aborts it.
-    """
-
-    async def discard() -> None:
-        try:
-            while True:
-                await connection.recv()
-        except ConnectionClosed:
-            pass
-
-    reader = asyncio.create_task(discard())
-    try:
-        await connection.close(code, reason)
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-
-
-def _cors(response: Response) -> Response:
-    # The voice list and health are not secret; a browser panel may read them directly.
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    return response
-
-
-class _WebsocketsConnection:
-    """A websockets server connection as a session's :class:`~.connection.Connection`."""
-
-    def __init__(self, connection: ServerConnection) -> None:
-        self._connection = connection
-        request = connection.request
-        self.path = urlsplit(request.path).path.rstrip("/") if request is not None else ""
-        raw = request.headers.raw_items() if request is not None else []
-        self.headers: Mapping[str, str] = {name.lower(): value for name, value in raw}
-
-    @property
-    def close_code(self) -> int | None:
-        return self._connection.close_code
-
-    async def recv(self) -> bytes | str:
-        try:
-            return await self._connection.recv()
-        except ConnectionClosed as exc:
-            raise Disconnected from exc
-
-    async def send(self, message: bytes) -> None:
-        try:
-            await self._connection.send(message)
-        except ConnectionClosed as exc:
-            raise Disconnected from exc
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        try:
-            await _close(self._connection, code, reason)
-        except ConnectionClosed:
-            pass
-
-    def abort(self) -> None:
-        self._connection.transport.abort()

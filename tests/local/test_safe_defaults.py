@@ -2,7 +2,7 @@
 
 Loopback bind; beyond loopback only with a token (or an explicit, logged ``--insecure``);
 bounded frames (compressed ones too) and buffered text; idle sessions closed, busy ones
-not; and at DEBUG, where websockets logs every request header, no ``Authorization`` value
+not; and at DEBUG, where the server logs every request header, no ``Authorization`` value
 (the server's token or a key a client sent by mistake) reaches a log line.
 """
 
