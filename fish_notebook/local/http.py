@@ -100,6 +100,11 @@ class JsonHandler(RequestHandler):
         if not self.open and not self.server.gate.authorized(self):
             self.server.gate.refuse(self)
 
+    @property
+    def answered(self) -> bool:
+        """True once the answer is complete (no more may be written)."""
+        return bool(self._finished)
+
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")

@@ -64,8 +64,10 @@ from .connection import Connection
 from .engine import VoiceLibrary
 from .http import Gate, HealthHandler, NotFoundHandler, VoicesHandler, log_access
 from .lingering import LingeringHTTPServer
+from .models import MODEL_PATH, ModelHandler, ModelsHandler
 from .recorder import Recorder
 from .session import SessionContext
+from .speech import TTS_PATH, TTSHandler
 from .threaded import ThreadedServer
 from .websocket import LiveSocketHandler
 
@@ -240,7 +242,7 @@ class LocalServer:
             self._application(),
             max_body_size=self.max_frame_size,
             max_buffer_size=2 * self.max_frame_size + (1 << 20),
-            body_timeout=self.idle_timeout,
+            body_timeout=2 * self.idle_timeout,  # a backstop: POST /v1/tts answers 408 first
             idle_connection_timeout=self.idle_timeout,
         )
         self._http.add_sockets(sockets)
@@ -260,6 +262,9 @@ class LocalServer:
             [
                 (f"{HEALTH_PATH}/?", HealthHandler, route),
                 (f"{VOICES_PATH}/?", VoicesHandler, route),
+                (f"{TTS_PATH}/?", TTSHandler, route),
+                (f"{MODEL_PATH}/?", ModelsHandler, route),
+                (f"{MODEL_PATH}/([^/]+)/?", ModelHandler, route),
                 (live, LiveSocketHandler, route),
             ],
             default_handler_class=NotFoundHandler,

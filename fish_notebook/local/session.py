@@ -100,9 +100,7 @@ class LiveSession:
             context.voices, request, context.pool, self.output.log, timestamps=self.timestamps
         )
         self.notes.voice(voice.name)
-        encoder = StreamEncoder(
-            request.format, request.effective_sample_rate, mp3_bitrate=request.mp3_bitrate
-        )
+        encoder = StreamEncoder.for_request(request)
         self.output.sample_rate = encoder.sample_rate
         synthesis = Synthesis(
             voice,
