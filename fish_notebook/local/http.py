@@ -58,6 +58,9 @@ class Gate:
         handler.set_header("WWW-Authenticate", 'Bearer realm="fish-notebook"')
         handler.set_header("Access-Control-Allow-Origin", "*")
         handler.set_header("Content-Type", "text/plain; charset=utf-8")
+        # A body may still be on its way: the connection closes after this answer, and
+        # the client must know not to send its next request on it.
+        handler.set_header("Connection", "close")
         handler.finish(
             "Missing or wrong token: send the header 'Authorization: Bearer <token>' "
             "with the token the server was started with\n"

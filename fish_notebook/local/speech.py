@@ -103,6 +103,7 @@ class TTSHandler(JsonHandler):
         if self.answered:
             return
         self._body = bytearray()
+        self._body_read = False
         self._gone = False
         self._slot = False
         length = self.request.headers.get("Content-Length")
@@ -127,6 +128,8 @@ class TTSHandler(JsonHandler):
     def fail(self, status: int, message: str) -> None:
         """Answer ``status`` with a JSON message now (the rest of the body is not read)."""
         logger.info("POST %s refused (%d): %s", TTS_PATH, status, clipped(message))
+        if not self._body_read:  # tornado closes the connection after this answer
+            self.set_header("Connection", "close")
         self.send_json({"status": status, "message": clipped(message)}, status)
 
     def on_finish(self) -> None:
@@ -139,6 +142,7 @@ class TTSHandler(JsonHandler):
 
     async def post(self) -> None:
         self._slow.cancel()
+        self._body_read = True
         try:
             request = parse_request(
                 self.request.headers.get("Content-Type", ""),
