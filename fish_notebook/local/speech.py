@@ -104,6 +104,7 @@ class TTSHandler(JsonHandler):
             return
         self._body = bytearray()
         self._body_read = False
+        self._wrote = False
         self._gone = False
         self._slot = False
         length = self.request.headers.get("Content-Length")
@@ -185,6 +186,8 @@ class TTSHandler(JsonHandler):
                     assert isinstance(audio, bytes)
                     await self._write(audio, notes)
             await self._write(encoder.finish(), notes)
+            if not self._wrote and request.format == "wav":  # nothing said: still a file
+                await self._write(formats.get("wav").encode(b"", encoder.sample_rate), notes)
             notes.sent(FinishEvent("stop"))
             self.finish()
         except StreamClosedError:
@@ -194,6 +197,7 @@ class TTSHandler(JsonHandler):
 
     async def _write(self, audio: bytes, notes: SessionNotes) -> None:
         if audio:
+            self._wrote = True
             self.write(audio)
             notes.sent(AudioEvent(audio))
             await self.flush()
