@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, get_args
 
@@ -58,12 +58,17 @@ METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
 class SessionListener(Protocol):
     """What a recording (and so a session) tells its listeners. Called in event order.
 
-    A listener may also have ``on_words(words: list[TimedWord])`` (optional, looked up
-    with getattr): called, for a session with ``timestamps=True``, right after the
-    ``on_audio`` of a chunk with the words that chunk placed, in seconds on the recording's
-    audio timeline (0 = the first sample of chunk 0; the concatenated ``on_audio`` PCM at
-    ``sample_rate``). Each call adds to the ones before; replay sends all words so far in
-    one call, after the replayed audio.
+    Optional methods (looked up with getattr; a listener without them never hears of it):
+
+    - ``on_words(words: list[TimedWord], start: int)``: for a session with
+      ``timestamps=True``, after the ``on_audio`` of the event that changed them: the
+      recording's words from index ``start`` on are now ``words`` (replace every word from
+      ``start``, however many there were: a server revises the words of the chunk it is
+      rendering). Seconds on the recording's audio timeline (0 = the first sample of chunk
+      0; the concatenated ``on_audio`` PCM at ``sample_rate``). Replay sends all words so
+      far in one call, ``start`` 0, after the replayed audio.
+    - ``on_skipped(text: str)``: markup the speakable filter did not speak (the original
+      text), in order among ``on_text`` and ``on_flush``; replayed in its place.
     """
 
     def on_text(self, text: str) -> None: ...
@@ -147,12 +152,13 @@ class Recording:
         self._listeners = _Fanout()
         self._state: SessionState = "connecting"
         self._error: str | None = None
-        self._text: list[str | None] = []
+        self._text: list[str | dict[str, str] | None] = []  # {"skipped": markup} too
         self._chars = 0  # characters of text so far
         self._chunks: list[bytes] = []
         self._chunk_chars: list[int] = []  # self._chars when each chunk arrived
         self._pcm_bytes = 0
-        self._timeline = WordTimeline()  # places the words, and holds them
+        self._timeline = WordTimeline()  # places the words of the audio events
+        self._words: list[TimedWord] = []  # the timeline's words, or words given placed
         self._clock = _Clock()
         self._metrics_pushed_at = 0.0
 
@@ -177,6 +183,13 @@ class Recording:
             self._text.append(None)
             self._listeners.emit("on_flush")
 
+    def add_skipped(self, text: str) -> None:
+        """Markup the speakable filter did not speak (the original ``text``): never sent, kept
+        for the transcript (:attr:`transcript_entries`) and told to ``on_skipped``."""
+        with self._lock:
+            self._text.append({"skipped": text})
+            self._listeners.emit_optional("on_skipped", text)
+
     def start_clock(self) -> None:
         """Start the metrics clock without text (audio that needs none, such as a playback)."""
         with self._lock:
@@ -190,16 +203,18 @@ class Recording:
 
         ``sample_rate``: the rate the PCM really has (a WAV header's); taken when no audio was
         recorded yet, so nobody heard the old one. ``words_of``: the audio event ``pcm`` was
-        decoded from; its words are placed where this chunk starts on the recording's
-        timeline, whatever offset the server counted, and told to ``on_words`` listeners.
+        decoded from; its alignment snapshot goes to the recording's
+        :class:`~fish_notebook.timeline.WordTimeline` (words at the server's
+        ``chunk_audio_offset_sec``; where this chunk starts only when the server gives
+        none), and what it changed to the words and to ``on_words`` listeners.
         """
         with self._lock:
             start = self._pcm_bytes // 2 / self.sample_rate  # where this chunk starts
             seq = self._append(pcm, sample_rate) if pcm else None
             if words_of is not None:
-                placed = self._timeline.add(words_of, start)
-                if placed:
-                    self._listeners.emit_optional("on_words", placed)
+                change = self._timeline.add(words_of, fallback_offset=start)
+                if change is not None:
+                    self._replace_words(change.start, change.words)
         if seq is not None:
             self.push_metrics()
         return seq
@@ -215,13 +230,20 @@ class Recording:
         self._listeners.emit("on_audio", pcm, seq)
         return seq
 
-    def add_words(self, words: Iterable[TimedWord]) -> None:
-        """Words already placed on the recording's timeline (seconds), after the ones so far."""
+    def add_words(self, words: Iterable[TimedWord], start: int | None = None) -> int:
+        """Words already placed on the recording's timeline (seconds): they replace the words
+        from index ``start`` on (by default they follow the ones so far). Returns ``start``.
+        For a recording whose words are not given with ``add_audio(words_of=...)``."""
         placed = list(words)
         with self._lock:
-            self._timeline.words.extend(placed)
-            if placed:
-                self._listeners.emit_optional("on_words", placed)
+            at = len(self._words) if start is None else max(0, min(start, len(self._words)))
+            if placed or at < len(self._words):
+                self._replace_words(at, placed)
+            return at
+
+    def _replace_words(self, start: int, words: list[TimedWord]) -> None:
+        self._words[start:] = words
+        self._listeners.emit_optional("on_words", list(words), start)
 
     def set_state(self, state: SessionState, error: str | None = None) -> None:
         """Move to ``state`` (with the error's text for ``failed``); a final state is kept for
@@ -263,7 +285,21 @@ class Recording:
     def text(self) -> list[str | None]:
         """Text pieces sent, in order; ``None`` marks each flush point."""
         with self._lock:
-            return list(self._text)
+            return [t for t in self._text if not isinstance(t, dict)]
+
+    @property
+    def transcript_entries(self) -> list[str | dict[str, str] | None]:
+        """:attr:`text` with the markup not spoken in its place, as ``{"skipped": text}``."""
+        with self._lock:
+            return [dict(t) if isinstance(t, dict) else t for t in self._text]
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Nothing changes (and no listener is told anything) until the block ends: for a
+        reader that sends what it read down the same road as its listener calls, so the
+        two arrive in the order they happened."""
+        with self._lock:
+            yield
 
     @property
     def transcript(self) -> str:
@@ -304,7 +340,7 @@ class Recording:
         """Words heard so far, as ``(text, start, end)`` in seconds on the audio timeline;
         in order, never overlapping; punctuation stays with its word."""
         with self._lock:
-            return list(self._timeline.words)
+            return list(self._words)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -353,16 +389,20 @@ class Recording:
             self._listeners.add(listener)
 
     def _replay(self, listener: SessionListener) -> None:
+        on_skipped = getattr(listener, "on_skipped", None)
         for piece in self._text:
             if piece is None:
                 _call(listener.on_flush)
+            elif isinstance(piece, dict):
+                if on_skipped is not None:
+                    _call(on_skipped, piece["skipped"])
             else:
                 _call(listener.on_text, piece)
         for seq, chunk in enumerate(self._chunks):
             _call(listener.on_audio, chunk, seq)
         on_words = getattr(listener, "on_words", None)
-        if on_words is not None and self._timeline.words:
-            _call(on_words, list(self._timeline.words))
+        if on_words is not None and self._words:
+            _call(on_words, list(self._words), 0)
         _call(listener.on_state, self._state, self._error)
         _call(listener.on_metrics, self.metrics)
 
