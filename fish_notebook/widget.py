@@ -157,10 +157,8 @@ class Player(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     #: Hz of the 16-bit mono PCM sent to the browser.
     sample_rate = traitlets.Int(44100).tag(sync=True)
-    #: The transcript as the page shows it (see :func:`transcript_parts`): pieces of words
-    #: (``str``); ``None`` at a flush point; ``{"cue": "[happy]"}``, ``{"break": "[break]"}``
-    #: for delivery cues and pauses; ``{"speaker": "<|speaker:1|>", "n": 1}`` for a speaker
-    #: tag; ``{"skipped": "**"}`` for markup the speakable filter did not speak.
+    #: The transcript as the page shows it: words (``str``), ``None`` at a flush point, and
+    #: ``{"cue" | "break" | "speaker" | "skipped": text}`` parts (:func:`transcript_parts`).
     transcript: traitlets.List[str | dict[str, Any] | None] = traitlets.List().tag(sync=True)
     #: The session's live metrics (ttfa_s, rtf, audio_s, chunks, ...).
     metrics = traitlets.Dict().tag(sync=True)
@@ -296,8 +294,7 @@ class Player(anywidget.AnyWidget):
         self._publish_transcript()
 
     def _send_transcript(self) -> None:
-        """Copy the recording's transcript, cut into parts, to the ``transcript`` trait (see
-        ``_publish_transcript``)."""
+        """The recording's transcript, cut into parts, to the trait (``_publish_transcript``)."""
         transcript = transcript_parts(self._recording.transcript_entries)
         if transcript != self.transcript:
             self.transcript = transcript
@@ -320,15 +317,13 @@ class Player(anywidget.AnyWidget):
         self.chunk_count = seq + 1
 
     def on_words(self, words: list[TimedWord], start: int | None = None) -> None:
-        """Words in time changed, after the audio they are heard in: sent at once. From index
-        ``start`` on, the words are now ``words`` (each ``(text, start, end)``, seconds on the
-        recording's timeline); the page replaces its words from there. Fed by hand, no
-        ``start`` means after the words so far."""
+        """From index ``start`` on, the words in time are now ``words`` (``(text, start,
+        end)``, seconds on the recording's timeline): sent at once, the page replaces its
+        words from there. Fed by hand, no ``start`` means after the words so far."""
         placed = [TimedWord(str(w[0]), float(w[1]), float(w[2])) for w in words]
         if start is None and not placed:
             return
-        if self._publish_transcript.pending:
-            # The page finds each word in the transcript: let the text arrive first.
+        if self._publish_transcript.pending:  # the page finds words in the text: text first
             self._publish_transcript(now=True)
         if self._fed_by_hand:
             start = self._recording.add_words(placed, start)
@@ -371,21 +366,10 @@ class Player(anywidget.AnyWidget):
                 self.error = str(exc)
 
     def _send_inventory(self) -> None:
-        """Tell a view how many chunks exist; it then asks for the ones it lacks.
-
-        Two steps, because the request usually comes from a view that already received most
-        chunks live (its answer waits while a cell blocks): only what is missing is resent.
-        ``first`` tells the view whether it is the first to ask (a fresh display plays what
-        it missed; a reloaded page of a finished session waits for Play).
-        """
+        """Tell a view how many chunks exist (it then asks for the ones it lacks): see
+        :func:`_inventory`."""
         with self._recording.held():  # no live words message may overtake this one
-            words = [list(w) for w in self._recording.words]
-            total = self._recording.chunk_count
-            first = next(self._replays) == 0
-            message: dict[str, Any] = {"kind": "recording", "total": total, "first": first}
-            if words:
-                message["words"] = words
-            self.send(message)
+            self.send(_inventory(self._recording, first=next(self._replays) == 0))
 
     def _send_chunks(self, seqs: list[int]) -> None:
         """Send the recorded chunks among ``seqs``, in messages of bounded size."""
@@ -398,6 +382,23 @@ class Player(anywidget.AnyWidget):
         self._fallback = fallback
         if self.status in FINAL_STATES:
             fallback.publish(self)
+
+
+def _inventory(recording: Recording, *, first: bool) -> dict[str, Any]:
+    """The answer to a view's first ``replay-request``: how many chunks are recorded, whether
+    it is the ``first`` to ask, and every word so far.
+
+    Two steps, because the request usually comes from a view that already received most
+    chunks live (its answer waits while a cell blocks): only what is missing is resent.
+    ``first`` tells the view whether it is the first to ask (a fresh display plays what it
+    missed; a reloaded page of a finished session waits for Play).
+    """
+    message: dict[str, Any] = {"kind": "recording", "total": recording.chunk_count}
+    message["first"] = first
+    words = [list(w) for w in recording.words]
+    if words:
+        message["words"] = words
+    return message
 
 
 def transcript_parts(
