@@ -25,16 +25,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 from . import formats
-from .client import TimedWord, WordTimeline
 from .errors import SessionStateError
 from .protocol import AudioEvent
 from .subtitles import KINDS as SUBTITLE_KINDS
 from .subtitles import subtitles
+from .timeline import TimedWord, WordChange, WordTimeline
 
 __all__ = [
     "FINAL_STATES",
@@ -58,12 +58,17 @@ METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
 class SessionListener(Protocol):
     """What a recording (and so a session) tells its listeners. Called in event order.
 
-    A listener may also have ``on_words(words: list[TimedWord])`` (optional, looked up
-    with getattr): called, for a session with ``timestamps=True``, right after the
-    ``on_audio`` of a chunk with the words that chunk placed, in seconds on the recording's
-    audio timeline (0 = the first sample of chunk 0; the concatenated ``on_audio`` PCM at
-    ``sample_rate``). Each call adds to the ones before; replay sends all words so far in
-    one call, after the replayed audio.
+    Optional methods (looked up with getattr; a listener without them never hears of it):
+
+    - ``on_words(words: list[TimedWord], start: int)``: for a session with
+      ``timestamps=True``, after the ``on_audio`` of the event that changed them: the
+      recording's words from index ``start`` on are now ``words`` (replace every word from
+      ``start``, however many there were: a server revises the words of the chunk it is
+      rendering). Seconds on the recording's audio timeline (0 = the first sample of chunk
+      0; the concatenated ``on_audio`` PCM at ``sample_rate``). Replay sends all words so
+      far in one call, ``start`` 0, after the replayed audio.
+    - ``on_skipped(text: str)``: markup the speakable filter did not speak (the original
+      text), in order among ``on_text`` and ``on_flush``; replayed in its place.
     """
 
     def on_text(self, text: str) -> None: ...
@@ -147,12 +152,11 @@ class Recording:
         self._listeners = _Fanout()
         self._state: SessionState = "connecting"
         self._error: str | None = None
-        self._text: list[str | None] = []
-        self._chars = 0  # characters of text so far
+        self._text = _TextLog()
         self._chunks: list[bytes] = []
-        self._chunk_chars: list[int] = []  # self._chars when each chunk arrived
+        self._chunk_chars: list[int] = []  # characters of text sent when each chunk arrived
         self._pcm_bytes = 0
-        self._timeline = WordTimeline()  # places the words, and holds them
+        self._words = _Words()
         self._clock = _Clock()
         self._metrics_pushed_at = 0.0
 
@@ -166,16 +170,22 @@ class Recording:
         """A piece of text was sent."""
         with self._lock:
             self._clock.text(time.perf_counter())
-            self._text.append(text)
-            self._chars += len(text)
+            self._text.add(text)
             self._listeners.emit("on_text", text)
 
     def add_flush(self) -> None:
         """A flush point was sent."""
         with self._lock:
             self._clock.flush(time.perf_counter())
-            self._text.append(None)
+            self._text.add(None)
             self._listeners.emit("on_flush")
+
+    def add_skipped(self, text: str) -> None:
+        """Markup the speakable filter did not speak (the original ``text``): never sent, kept
+        for the transcript (:attr:`transcript_entries`) and told to ``on_skipped``."""
+        with self._lock:
+            self._text.add({"skipped": text})
+            self._listeners.emit_optional("on_skipped", text)
 
     def start_clock(self) -> None:
         """Start the metrics clock without text (audio that needs none, such as a playback)."""
@@ -190,16 +200,16 @@ class Recording:
 
         ``sample_rate``: the rate the PCM really has (a WAV header's); taken when no audio was
         recorded yet, so nobody heard the old one. ``words_of``: the audio event ``pcm`` was
-        decoded from; its words are placed where this chunk starts on the recording's
-        timeline, whatever offset the server counted, and told to ``on_words`` listeners.
+        decoded from; its alignment snapshot goes to the recording's
+        :class:`~fish_notebook.timeline.WordTimeline` (words at the server's
+        ``chunk_audio_offset_sec``; where this chunk starts only when the server gives
+        none), and what it changed to the words and to ``on_words`` listeners.
         """
         with self._lock:
             start = self._pcm_bytes // 2 / self.sample_rate  # where this chunk starts
             seq = self._append(pcm, sample_rate) if pcm else None
             if words_of is not None:
-                placed = self._timeline.add(words_of, start)
-                if placed:
-                    self._listeners.emit_optional("on_words", placed)
+                self._tell_words(self._words.from_event(words_of, start))
         if seq is not None:
             self.push_metrics()
         return seq
@@ -210,18 +220,23 @@ class Recording:
         self._clock.audio(time.perf_counter())
         seq = len(self._chunks)
         self._chunks.append(pcm)
-        self._chunk_chars.append(self._chars)
+        self._chunk_chars.append(self._text.chars)
         self._pcm_bytes += len(pcm)
         self._listeners.emit("on_audio", pcm, seq)
         return seq
 
-    def add_words(self, words: Iterable[TimedWord]) -> None:
-        """Words already placed on the recording's timeline (seconds), after the ones so far."""
-        placed = list(words)
+    def add_words(self, words: Iterable[TimedWord], start: int | None = None) -> int:
+        """Words already placed on the recording's timeline (seconds): they replace the words
+        from index ``start`` on (by default they follow the ones so far). Returns ``start``.
+        For a recording whose words are not given with ``add_audio(words_of=...)``."""
         with self._lock:
-            self._timeline.words.extend(placed)
-            if placed:
-                self._listeners.emit_optional("on_words", placed)
+            change = self._words.given(list(words), start)
+            self._tell_words(change)
+            return len(self._words.list) if change is None else change.start
+
+    def _tell_words(self, change: WordChange | None) -> None:
+        if change is not None:
+            self._listeners.emit_optional("on_words", list(change.words), change.start)
 
     def set_state(self, state: SessionState, error: str | None = None) -> None:
         """Move to ``state`` (with the error's text for ``failed``); a final state is kept for
@@ -263,7 +278,20 @@ class Recording:
     def text(self) -> list[str | None]:
         """Text pieces sent, in order; ``None`` marks each flush point."""
         with self._lock:
-            return list(self._text)
+            return [t for t in self._text.entries if not isinstance(t, dict)]
+
+    @property
+    def transcript_entries(self) -> list[str | dict[str, str] | None]:
+        """:attr:`text` with the markup not spoken in its place, as ``{"skipped": text}``."""
+        with self._lock:
+            return [dict(t) if isinstance(t, dict) else t for t in self._text.entries]
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """No change (nor listener call) until the block ends: a reader that sends what it
+        read down its listener calls' road keeps their order."""
+        with self._lock:
+            yield
 
     @property
     def transcript(self) -> str:
@@ -304,7 +332,7 @@ class Recording:
         """Words heard so far, as ``(text, start, end)`` in seconds on the audio timeline;
         in order, never overlapping; punctuation stays with its word."""
         with self._lock:
-            return list(self._timeline.words)
+            return list(self._words.list)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -329,19 +357,7 @@ class Recording:
         A path without a suffix gets :attr:`format`. Subtitles need ``timestamps``
         (SessionStateError otherwise); another suffix is a ValidationError.
         """
-        target = Path(path)
-        if not target.suffix:
-            target, _ = formats.for_path(target, self.format)
-        kind = SUBTITLE_KINDS.get(target.suffix.lower())
-        if kind is None:
-            return formats.save_audio(target, self.audio, self.sample_rate)
-        if not self.timestamps:
-            raise SessionStateError(
-                f"cannot write {target.name}: this session has no word timestamps; "
-                "create it with timestamps=True"
-            )
-        target.write_text(subtitles(self.words, kind), encoding="utf-8")
-        return target
+        return _save(self, Path(path))
 
     # --- listeners ------------------------------------------------------------------------
 
@@ -353,16 +369,12 @@ class Recording:
             self._listeners.add(listener)
 
     def _replay(self, listener: SessionListener) -> None:
-        for piece in self._text:
-            if piece is None:
-                _call(listener.on_flush)
-            else:
-                _call(listener.on_text, piece)
+        self._text.replay(listener)
         for seq, chunk in enumerate(self._chunks):
             _call(listener.on_audio, chunk, seq)
         on_words = getattr(listener, "on_words", None)
-        if on_words is not None and self._timeline.words:
-            _call(on_words, list(self._timeline.words))
+        if on_words is not None and self._words.list:
+            _call(on_words, list(self._words.list), 0)
         _call(listener.on_state, self._state, self._error)
         _call(listener.on_metrics, self.metrics)
 
@@ -370,6 +382,54 @@ class Recording:
         """Unsubscribe ``listener``; nothing happens if it was not subscribed."""
         with self._lock:
             self._listeners.remove(listener)
+
+
+class _TextLog:
+    """What text went out, in order: pieces (``str``), flush points (``None``) and markup not
+    spoken (``{"skipped": text}``); and how many characters were sent. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self.entries: list[str | dict[str, str] | None] = []
+        self.chars = 0
+
+    def add(self, entry: str | dict[str, str] | None) -> None:
+        self.entries.append(entry)
+        if isinstance(entry, str):
+            self.chars += len(entry)
+
+    def replay(self, listener: SessionListener) -> None:
+        """Tell ``listener`` every entry, as the recording told its listeners."""
+        on_skipped = getattr(listener, "on_skipped", None)
+        for entry in self.entries:
+            if entry is None:
+                _call(listener.on_flush)
+            elif isinstance(entry, str):
+                _call(listener.on_text, entry)
+            elif on_skipped is not None:
+                _call(on_skipped, entry["skipped"])
+
+
+class _Words:
+    """The recording's words: a :class:`WordTimeline`'s (from audio events), or words given
+    already placed. Each change says what it replaced (a :class:`WordChange`). Not thread-safe."""
+
+    def __init__(self) -> None:
+        self.timeline = WordTimeline()
+        self.list: list[TimedWord] = []
+
+    def from_event(self, event: AudioEvent, fallback_offset: float) -> WordChange | None:
+        change = self.timeline.add(event, fallback_offset=fallback_offset)
+        if change is not None:
+            self.list[change.start :] = change.words
+        return change
+
+    def given(self, words: list[TimedWord], start: int | None) -> WordChange | None:
+        """``words`` from ``start`` on (after the last word when None, clamped to the list)."""
+        at = len(self.list) if start is None else max(0, min(start, len(self.list)))
+        if not words and at == len(self.list):
+            return None  # nothing to replace
+        self.list[at:] = words
+        return WordChange(at, words)
 
 
 class _Fanout:
@@ -395,6 +455,22 @@ class _Fanout:
             method = getattr(listener, name, None)
             if method is not None:
                 _call(method, *args)
+
+
+def _save(recording: Recording, target: Path) -> Path:
+    """:meth:`Recording.save`: audio or subtitles, by the suffix."""
+    if not target.suffix:
+        target, _ = formats.for_path(target, recording.format)
+    kind = SUBTITLE_KINDS.get(target.suffix.lower())
+    if kind is None:
+        return formats.save_audio(target, recording.audio, recording.sample_rate)
+    if not recording.timestamps:
+        raise SessionStateError(
+            f"cannot write {target.name}: this session has no word timestamps; "
+            "create it with timestamps=True"
+        )
+    target.write_text(subtitles(recording.words, kind), encoding="utf-8")
+    return target
 
 
 def _call(method: Callable[..., None], *args: Any) -> None:

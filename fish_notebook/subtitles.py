@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from .client import TimedWord
+from .timeline import without_cues
 
 __all__ = ["CUE_MAX_CHARS", "CUE_MAX_SECONDS", "CUE_MAX_WORDS", "CUE_PAUSE", "KINDS", "subtitles"]
 
@@ -29,9 +30,10 @@ def subtitles(words: list[TimedWord], kind: SubtitleKind) -> str:
     A cue closes after a sentence end (``. ! ? …``), before a pause of ``CUE_PAUSE``
     seconds, or when it would exceed ``CUE_MAX_WORDS`` words, ``CUE_MAX_CHARS`` characters
     or ``CUE_MAX_SECONDS``. Every cue lasts at least a millisecond and none overlap.
+    Delivery cues and speaker tags in a word's text are never shown (:func:`without_cues`).
     """
     cues: list[list[TimedWord]] = []
-    for word in words:
+    for word in _spoken(words):
         if cues and not _closes(cues[-1], word):
             cues[-1].append(word)
         else:
@@ -49,6 +51,11 @@ def subtitles(words: list[TimedWord], kind: SubtitleKind) -> str:
         else:
             out += [str(number), f"{_clock(start, ',')} --> {_clock(end, ',')}", text, ""]
     return "\n".join(out)
+
+
+def _spoken(words: list[TimedWord]) -> list[TimedWord]:
+    cleaned = (word._replace(text=without_cues(word.text)) for word in words)
+    return [word for word in cleaned if word.text]
 
 
 def _closes(cue: list[TimedWord], word: TimedWord) -> bool:

@@ -11,13 +11,18 @@ What goes where, and why:
   (``{"kind": "audio", "seq": n, "chars": c}`` + the PCM bytes). It is never put in a trait:
   a growing trait would be re-sent whole on every change.
 - Everything else a view needs (state, transcript with flush points, metrics, sample rate,
-  error) lives in small synced traits, so a view opened late has it at once.
-- Words in time (a session with ``timestamps=True``) go as they come, right after the audio
-  they are heard in: ``{"kind": "words", "from": i, "words": [[text, start, end], ...]}``
-  (``from`` = the index of the first one), seconds on the recording's timeline (0 = the
-  first sample of chunk 0). They are not a trait, which would be re-sent whole as it grows:
-  a view that missed some gets them all in the inventory below, and indices make a word
-  that arrives twice land on the same place.
+  error) lives in small synced traits, so a view opened late has it at once. The transcript
+  goes already cut into what the page shows (:func:`transcript_parts`: words, delivery cues,
+  speaker tags, skipped markup), so the cue rules live in Python only (``cues.py``).
+- Words in time (a session with ``timestamps=True``) go as they change, right after the
+  audio of the event that changed them: ``{"kind": "words", "from": i, "words": [[text,
+  start, end], ...]}``, seconds on the recording's timeline (0 = the first sample of chunk
+  0), meaning "from index ``i`` on, the words are these": the page replaces its words from
+  ``i`` (a server revises the words of the chunk it is rendering), never appends. They are
+  not a trait, which would be re-sent whole as it grows: a view that missed some gets them
+  all in the inventory below (``from`` 0). The inventory is read and sent with the
+  recording held still, so it and the live messages reach the page in the order the
+  changes happened.
 - Messages sent before the browser loaded the widget code are lost, so the browser asks for
   the recording (``{"kind": "replay-request"}``) as soon as the model exists; the player
   answers with the number of chunks recorded and every word so far
@@ -60,6 +65,7 @@ from IPython.display import HTML, DisplayHandle, display
 from . import formats
 from .audio import wav_bytes
 from .client import TimedWord
+from .cues import split_cues
 from .errors import (
     FishNotebookError,
     MissingDependencyError,
@@ -68,7 +74,7 @@ from .errors import (
 )
 from .recording import FINAL_STATES, SESSION_STATES, Recording
 
-__all__ = ["Controls", "Player", "display_player"]
+__all__ = ["Controls", "Player", "display_player", "transcript_parts"]
 
 logger = logging.getLogger("fish_notebook.widget")
 
@@ -154,8 +160,9 @@ class Player(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     #: Hz of the 16-bit mono PCM sent to the browser.
     sample_rate = traitlets.Int(44100).tag(sync=True)
-    #: Text sent to the server, in pieces; ``None`` marks a flush point.
-    transcript: traitlets.List[str | None] = traitlets.List().tag(sync=True)
+    #: The transcript as the page shows it: words (``str``), ``None`` at a flush point, and
+    #: ``{"cue" | "break" | "speaker" | "skipped": text}`` parts (:func:`transcript_parts`).
+    transcript: traitlets.List[str | dict[str, Any] | None] = traitlets.List().tag(sync=True)
     #: The session's live metrics (ttfa_s, rtf, audio_s, chunks, ...).
     metrics = traitlets.Dict().tag(sync=True)
     #: How many chunks were sent so far, so a view can tell it has them all.
@@ -283,9 +290,15 @@ class Player(anywidget.AnyWidget):
             self._recording.add_flush()
         self._publish_transcript(now=True)
 
+    def on_skipped(self, text: str) -> None:
+        """Markup the speakable filter did not speak: shown greyed in the transcript."""
+        if self._fed_by_hand:
+            self._recording.add_skipped(text)
+        self._publish_transcript()
+
     def _send_transcript(self) -> None:
-        """Copy the recording's text to the ``transcript`` trait (see ``_publish_transcript``)."""
-        transcript = self._recording.text
+        """The recording's transcript, cut into parts, to the trait (``_publish_transcript``)."""
+        transcript = transcript_parts(self._recording.transcript_entries)
         if transcript != self.transcript:
             self.transcript = transcript
 
@@ -306,19 +319,20 @@ class Player(anywidget.AnyWidget):
         self.send({"kind": "audio", "seq": seq, "chars": chunk.chars}, buffers=[chunk.pcm])
         self.chunk_count = seq + 1
 
-    def on_words(self, words: list[TimedWord]) -> None:
-        """Words in time were placed, after the audio they are heard in: sent at once. Each
-        is ``(text, start, end)``, seconds on the recording's timeline, after those before."""
+    def on_words(self, words: list[TimedWord], start: int | None = None) -> None:
+        """From index ``start`` on, the words in time are now ``words`` (``(text, start,
+        end)``, seconds on the recording's timeline): sent at once, the page replaces its
+        words from there. Fed by hand, no ``start`` means after the words so far."""
         placed = [TimedWord(str(w[0]), float(w[1]), float(w[2])) for w in words]
-        if not placed:
+        if start is None and not placed:
             return
-        if self._publish_transcript.pending:
-            # The page finds each word in the transcript: let the text arrive first.
+        if self._publish_transcript.pending:  # the page finds words in the text: text first
             self._publish_transcript(now=True)
         if self._fed_by_hand:
-            self._recording.add_words(placed)
-        first = len(self._recording.words) - len(placed)  # they are the last ones
-        self.send({"kind": "words", "from": first, "words": [list(w) for w in placed]})
+            start = self._recording.add_words(placed, start)
+        elif start is None:
+            start = len(self._recording.words) - len(placed)  # they are the last ones
+        self.send({"kind": "words", "from": start, "words": [list(w) for w in placed]})
 
     def on_state(self, state: str, error: str | None = None) -> None:
         """The session changed state; a terminal state publishes the static fallback."""
@@ -355,20 +369,10 @@ class Player(anywidget.AnyWidget):
                 self.error = str(exc)
 
     def _send_inventory(self) -> None:
-        """Tell a view how many chunks exist; it then asks for the ones it lacks.
-
-        Two steps, because the request usually comes from a view that already received most
-        chunks live (its answer waits while a cell blocks): only what is missing is resent.
-        ``first`` tells the view whether it is the first to ask (a fresh display plays what
-        it missed; a reloaded page of a finished session waits for Play).
-        """
-        words = [list(w) for w in self._recording.words]  # words first: their audio is in
-        total = self._recording.chunk_count
-        first = next(self._replays) == 0
-        message: dict[str, Any] = {"kind": "recording", "total": total, "first": first}
-        if words:
-            message["words"] = words
-        self.send(message)
+        """Tell a view how many chunks exist (it then asks for the ones it lacks): see
+        :func:`_inventory`."""
+        with self._recording.held():  # no live words message may overtake this one
+            self.send(_inventory(self._recording, first=next(self._replays) == 0))
 
     def _send_chunks(self, seqs: list[int]) -> None:
         """Send the recorded chunks among ``seqs``, in messages of bounded size."""
@@ -381,6 +385,62 @@ class Player(anywidget.AnyWidget):
         self._fallback = fallback
         if self.status in FINAL_STATES:
             fallback.publish(self)
+
+
+def _inventory(recording: Recording, *, first: bool) -> dict[str, Any]:
+    """The answer to a view's first ``replay-request``: how many chunks are recorded, whether
+    it is the ``first`` to ask, and every word so far.
+
+    Two steps, because the request usually comes from a view that already received most
+    chunks live (its answer waits while a cell blocks): only what is missing is resent.
+    ``first`` tells the view whether it is the first to ask (a fresh display plays what it
+    missed; a reloaded page of a finished session waits for Play).
+    """
+    message: dict[str, Any] = {"kind": "recording", "total": recording.chunk_count}
+    message["first"] = first
+    words = [list(w) for w in recording.words]
+    if words:
+        message["words"] = words
+    return message
+
+
+def transcript_parts(
+    entries: list[str | dict[str, str] | None],
+) -> list[str | dict[str, Any] | None]:
+    """The transcript as the page shows it, from a recording's ``transcript_entries``.
+
+    Each run of text pieces is cut by :func:`fish_notebook.cues.split_cues` as one text (a
+    cue streamed in two pieces is still found), then at the pieces' own ends (a cue across
+    an end stays whole): words stay ``str``, a cue becomes ``{"cue": text}``, a pause
+    ``{"break": text}``, a speaker tag ``{"speaker": text, "n": number}``. ``None`` (a flush)
+    and ``{"skipped": text}`` pass as they are. Text without cues comes out as it went in.
+    """
+    out: list[str | dict[str, Any] | None] = []
+    run: list[str] = []
+    for entry in [*entries, None]:
+        if isinstance(entry, str):
+            run.append(entry)
+            continue
+        out += _split_run(run)
+        run = []
+        out.append(dict(entry) if isinstance(entry, dict) else entry)
+    return out[:-1]
+
+
+def _split_run(pieces: list[str]) -> list[str | dict[str, Any]]:
+    ends = list(itertools.accumulate(len(p) for p in pieces))
+    out: list[str | dict[str, Any]] = []
+    at = 0
+    for part in split_cues("".join(pieces)):
+        after = at + len(part.text)
+        if part.kind != "words":
+            extra = {"n": int(part.name)} if part.kind == "speaker" else {}
+            out.append({part.kind: part.text, **extra})
+        else:
+            cuts = [at, *(e for e in ends if at < e < after), after]
+            out += [part.text[a - at : b - at] for a, b in itertools.pairwise(cuts)]
+        at = after
+    return out
 
 
 class _Throttle:

@@ -16,23 +16,23 @@ from fish_notebook.errors import SessionStateError, ValidationError
 from fish_notebook.protocol import Alignment, AlignmentSegment, AudioEvent
 from fish_notebook.recording import Recording
 from fish_notebook.subtitles import subtitles
-from tests.helpers import RecordingListener, wait_until
+from tests.helpers import RecordingListener, WordListener, wait_until
 
 
 def pcm(samples: int, value: int = 1000) -> bytes:
     return struct.pack(f"<{samples}h", *([value] * samples))
 
 
-def event(words: list[tuple[str, float, float]], duration: float, offset: float) -> AudioEvent:
+def event(
+    words: list[tuple[str, float, float]],
+    duration: float,
+    offset: float | None,
+    seq: int | None = None,
+) -> AudioEvent:
     alignment = Alignment(tuple(AlignmentSegment(*w) for w in words), duration)
-    return AudioEvent(b"", content="", alignment=alignment, chunk_audio_offset_sec=offset)
-
-
-class WordListener(RecordingListener):
-    """Writes down every call, words too."""
-
-    def on_words(self, words: list[TimedWord]) -> None:
-        self.calls.append(("words", list(words)))
+    return AudioEvent(
+        b"", content="", alignment=alignment, chunk_seq=seq, chunk_audio_offset_sec=offset
+    )
 
 
 def test_replay_then_live_under_concurrent_appends_misses_nothing_and_repeats_nothing() -> None:
@@ -54,7 +54,7 @@ def test_replay_then_live_under_concurrent_appends_misses_nothing_and_repeats_no
             if i % 7 == 0:
                 recording.add_flush()
             words = [(f"w{i}", 0.001, 0.009)]
-            recording.add_audio(pcm(10, i), words_of=event(words, 0.01, offset=99.0))
+            recording.add_audio(pcm(10, i), words_of=event(words, 0.01, offset=i * 0.01))
             time.sleep(0.0005)  # let the subscribers in between appends
 
     def subscribe(first: int) -> None:
@@ -81,7 +81,11 @@ def test_replay_then_live_under_concurrent_appends_misses_nothing_and_repeats_no
     for listener in listeners:
         assert [c for c in listener.calls if c[0] in ("text", "flush")] == text
         assert listener.of("audio") == [(seq, 20) for seq in range(count)]
-        assert [w for batch in listener.of("words") for w in batch] == recording.words
+        assert listener.words() == recording.words
+        # Replayed from 0, then each live word after the ones before: none told twice.
+        starts = [start for start, _ in listener.of("words")]
+        sizes = [len(words) for _, words in listener.of("words")]
+        assert starts == [sum(sizes[:n]) for n in range(len(sizes))]
         assert listener.of("state") == ["connecting"]  # told once, at subscription
         # Each chunk comes after the text it was spoken from, replayed or live.
         position = {
@@ -93,18 +97,91 @@ def test_replay_then_live_under_concurrent_appends_misses_nothing_and_repeats_no
     assert [w.text for w in recording.words] == [f"w{i}" for i in range(count)]
 
 
-def test_words_are_placed_where_their_chunk_starts() -> None:
-    """An event's words sit at its chunk's start in the recording, whatever the server said."""
+def test_words_sit_at_the_servers_offset_else_where_their_chunk_starts() -> None:
+    """A chunk_audio_offset_sec places the words (not the audio received so far); without
+    one (an older server), the chunk's words sit where its audio starts in the recording."""
     recording = Recording(1000, timestamps=True)
-    recording.add_audio(pcm(500), words_of=event([("One", 0.1, 0.4)], 0.5, offset=7.0))
-    recording.add_audio(b"", words_of=event([("two", 0.0, 0.1)], 0.1, offset=9.0))
-    recording.add_audio(pcm(500), words_of=event([("three.", 0.05, 0.3)], 0.5, offset=9.0))
-    assert recording.words == [
+    recording.add_audio(pcm(500), words_of=event([("One", 0.1, 0.4)], 0.5, offset=0.0))
+    recording.add_audio(pcm(250), words_of=event([("two", 0.0, 0.1)], 0.6, offset=0.4))
+    assert recording.words == [TimedWord("One", 0.1, 0.4), TimedWord("two", 0.4, 0.5)]
+    bare = Recording(1000, timestamps=True)
+    bare.add_audio(pcm(500), words_of=event([("One", 0.1, 0.4)], 0.5, offset=None))
+    bare.add_audio(b"", words_of=event([("two", 0.0, 0.1)], 0.1, offset=None))
+    bare.add_audio(pcm(500), words_of=event([("three.", 0.05, 0.3)], 0.5, offset=None))
+    assert bare.words == [
         TimedWord("One", 0.1, 0.4),
         TimedWord("two", 0.5, 0.6),
         TimedWord("three.", 0.6, 0.8),  # 0.55 would overlap "two": moved to its end
     ]
-    assert recording.chunk_count == 2 and recording.duration == 1.0
+    assert bare.chunk_count == 2 and bare.duration == 1.0
+
+
+def test_a_revised_snapshot_replaces_words_for_the_recording_and_its_listeners() -> None:
+    """Snapshots of one chunk_seq replace each other: the recording's words, what listeners
+    are told (from the first changed index) and a late listener's replay all agree."""
+    recording = Recording(1000, timestamps=True)
+    live = WordListener()
+    recording.add_listener(live)
+    recording.add_audio(pcm(125), words_of=event([("Hi", 0.0, 0.125)], 0.125, 0.0, seq=0))
+    recording.add_audio(
+        pcm(50), words_of=AudioEvent(b"", chunk_seq=1, chunk_audio_offset_sec=0.125)
+    )
+    partial = [("so", 0.0, 0.0625), ("fa", 0.0625, 0.125)]
+    recording.add_audio(pcm(50), words_of=event(partial, 0.125, 0.125, seq=1))
+    full = [("so", 0.0, 0.0625), ("far", 0.0625, 0.125), ("away.", 0.125, 0.25)]
+    recording.add_audio(pcm(50), words_of=event(full, 0.25, 0.125, seq=1))
+    recording.add_audio(pcm(50), words_of=event(full, 0.25, 0.125, seq=1))  # no change
+    assert recording.words == [
+        TimedWord("Hi", 0.0, 0.125),
+        TimedWord("so", 0.125, 0.1875),
+        TimedWord("far", 0.1875, 0.25),
+        TimedWord("away.", 0.25, 0.375),
+    ]
+    assert [(start, [w.text for w in words]) for start, words in live.of("words")] == [
+        (0, ["Hi"]),
+        (1, ["so", "fa"]),
+        (2, ["far", "away."]),
+    ]
+    assert live.words() == recording.words
+    late = WordListener()
+    recording.add_listener(late)
+    assert late.of("words") == [(0, recording.words)]
+
+
+def test_words_given_placed_replace_from_their_index() -> None:
+    """add_words appends by default, or replaces from ``start``; listeners hear the same."""
+    recording = Recording(1000, timestamps=True)
+    live = WordListener()
+    recording.add_listener(live)
+    a, b, c = TimedWord("a", 0.0, 0.1), TimedWord("b", 0.1, 0.2), TimedWord("c", 0.2, 0.3)
+    assert recording.add_words([a, b]) == 0
+    assert recording.add_words([c], start=1) == 1
+    assert recording.add_words([]) == 2  # nothing to tell
+    assert recording.words == [a, c] == live.words()
+    assert live.of("words") == [(0, [a, b]), (1, [c])]
+
+
+def test_skipped_markup_is_kept_for_the_transcript_but_never_sent() -> None:
+    """add_skipped: in transcript_entries and told to on_skipped (and replayed) in its
+    place; text and transcript (what was sent) leave it out."""
+    recording = Recording(1000)
+    live = WordListener()
+    recording.add_listener(live)
+    recording.add_text("Look ")
+    recording.add_skipped("**")
+    recording.add_text("here")
+    recording.add_flush()
+    assert recording.text == ["Look ", "here", None]
+    assert recording.transcript_entries == ["Look ", {"skipped": "**"}, "here", None]
+    assert recording.transcript == "Look here |"
+    late = WordListener()
+    recording.add_listener(late)
+    for listener in (live, late):
+        kinds = [(k, v) for k, v in listener.calls if k in ("text", "skipped", "flush")]
+        assert kinds == [("text", "Look "), ("skipped", "**"), ("text", "here"), ("flush", None)]
+    plain = RecordingListener()  # no on_skipped: never told
+    recording.add_listener(plain)
+    assert [k for k, _ in plain.calls if k == "skipped"] == []
 
 
 def test_a_wav_header_rate_counts_only_before_the_first_chunk() -> None:

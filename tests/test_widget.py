@@ -28,7 +28,8 @@ from fish_notebook.client import TimedWord
 from fish_notebook.errors import SessionStateError, ValidationError
 from fish_notebook.local import ThreadedServer
 from fish_notebook.session import Playback
-from fish_notebook.widget import Player, display_player
+from fish_notebook.widget import Player, display_player, transcript_parts
+from tests.cloud_double import CloudDouble
 from tests.wire_server import threaded_wire_server
 
 
@@ -367,13 +368,104 @@ def test_a_timestamped_session_gives_the_player_its_words(local_server: Threaded
     assert len(session.words) >= 5
     for player in (live, late):
         assert player.words == session.words
-        sent = [c for c, _ in comm_of(player).custom() if c["kind"] == "words"]
-        assert [w for c in sent for w in c["words"]] == [list(w) for w in session.words]
-        assert [c["from"] for c in sent] == [
-            sum(len(c["words"]) for c in sent[:i]) for i in range(len(sent))
-        ]
+        assert page_words(player) == [list(w) for w in session.words]
     (late_words,) = [c for c, _ in comm_of(late).custom() if c["kind"] == "words"]
     assert late_words["from"] == 0
+
+
+def page_words(player: Player) -> list[list[Any]]:
+    """The words a page holds after the player's words messages, each replacing from its
+    ``from`` (as receiving.js does); a ``from`` past the end would leave a hole."""
+    words: list[list[Any]] = []
+    for content, _ in comm_of(player).custom():
+        if content["kind"] == "words":
+            assert 0 <= content["from"] <= len(words), content
+            words[content["from"] :] = content["words"]
+    return words
+
+
+def test_revised_words_go_with_the_index_they_replace_from() -> None:
+    """on_words(words, start) replaces from ``start`` (recorded, then sent with ``from``);
+    without ``start`` the words follow the ones so far; a shorter revision is sent too."""
+    player = Player(sample_rate=8000)
+    player.on_audio(pcm(800), 0)
+    one, two, too = (
+        TimedWord("One", 0.0, 0.1),
+        TimedWord("two", 0.1, 0.2),
+        TimedWord("too", 0.1, 0.25),
+    )
+    player.on_words([one, two])
+    player.on_words([too], 1)
+    player.on_words([], 1)
+    sent = [c for c, _ in comm_of(player).custom() if c["kind"] == "words"]
+    assert sent == [
+        {"kind": "words", "from": 0, "words": [["One", 0.0, 0.1], ["two", 0.1, 0.2]]},
+        {"kind": "words", "from": 1, "words": [["too", 0.1, 0.25]]},
+        {"kind": "words", "from": 1, "words": []},
+    ]
+    assert player.words == [one] and page_words(player) == [["One", 0.0, 0.1]]
+
+
+def test_a_cloud_session_gives_the_page_each_word_once() -> None:
+    """Against Fish's documented shape (cumulative snapshots per chunk_seq), the words the
+    page holds, live or from the inventory, are the session's: none repeated."""
+    with CloudDouble() as cloud:
+        text = "One two three. Four five six seven, eight nine ten."
+        session = Session(
+            text,
+            api_key=cloud.script.api_key,
+            base_url=cloud.base_url,
+            timestamps=True,
+            start=False,
+        )
+        live = Player(session)
+        session.start().wait(60)
+        click(live, {"kind": "replay-request"})
+    words = [list(w) for w in session.words]
+    assert [w[0] for w in words] == text.split()
+    assert page_words(live) == words
+    (inventory,) = [c for c, _ in comm_of(live).custom() if c["kind"] == "recording"]
+    assert inventory["words"] == words
+
+
+def test_the_transcript_goes_cut_into_words_cues_speakers_and_skipped_markup() -> None:
+    """Cues, pauses and speaker tags become parts of their own (found across pieces),
+    skipped markup stays in its place, and text without cues goes as it came."""
+    player = Player(sample_rate=8000)
+    for piece in ["<|speaker:0|>So [hap", "py] we go", " (excited) "]:
+        player.on_text(piece)
+    player.on_skipped("**")
+    player.on_text("now [break] <|speaker:1|>(like this) ok.")
+    player.on_flush()
+    assert player.transcript == [
+        {"speaker": "<|speaker:0|>", "n": 0},
+        "So ",
+        {"cue": "[happy]"},
+        " we go",
+        " ",
+        {"cue": "(excited)"},
+        " ",
+        {"skipped": "**"},
+        "now ",
+        {"break": "[break]"},
+        " ",
+        {"speaker": "<|speaker:1|>", "n": 1},
+        "(like this) ok.",
+        None,
+    ]
+    assert player.recording.text == [
+        "<|speaker:0|>So [hap",
+        "py] we go",
+        " (excited) ",
+        "now [break] <|speaker:1|>(like this) ok.",
+        None,
+    ]
+    assert transcript_parts(["Hello ", "there.", None, " Bye."]) == [
+        "Hello ",
+        "there.",
+        None,
+        " Bye.",
+    ]
 
 
 def test_the_player_takes_the_rate_a_wav_header_gives_before_the_first_chunk() -> None:
