@@ -69,7 +69,7 @@ from .protocol import (
     pack,
 )
 from .realtime import EarlyFlush, RealtimeProtocol, StreamState
-from .sources import SourceEvent, SourceIterator, iter_source
+from .sources import SkippedText, SourceEvent, SourceIterator, iter_source
 
 # Re-exported for modules that import them from here still; their home is timeline.py.
 from .timeline import TimedWord, WordTimeline
@@ -398,6 +398,7 @@ class _Client(Generic[_Audio, _Events]):
         ws_options: Any = None,
         timestamps: bool = False,
         early_flush: bool = True,
+        speakable: bool | None = False,
         **options: Any,
     ) -> Any:
         """Stream text in, get audio ``bytes`` out while the text is still arriving.
@@ -423,6 +424,10 @@ class _Client(Generic[_Audio, _Events]):
         nothing follows yet (:class:`fish_notebook.realtime.EarlyFlush`). Later text is
         buffered by the server as usual.
 
+        ``speakable`` passes the text through the speakable filter (markdown read as words,
+        code blocks as a note; see :func:`fish_notebook.sources.iter_source`): off by
+        default here, as in the Fish SDK; ``None`` turns it on for LLM chunk objects.
+
         ``timestamps=True`` uses ``/v1/tts/live/with-timestamp`` and yields whole
         :class:`~fish_notebook.protocol.AudioEvent` objects instead of bytes: ``.audio``,
         plus ``.content`` and ``.alignment`` (each word's seconds from that event's start).
@@ -430,7 +435,7 @@ class _Client(Generic[_Audio, _Events]):
         one timeline.
         """
         spec = self._spec(config, model, timestamps, ws_options, options)
-        feed = _EventStream(self, spec, text_stream, early_flush=early_flush)
+        feed = _EventStream(self, spec, text_stream, early_flush=early_flush, speakable=speakable)
         return self._iterate(_audio_of(feed, timestamps))
 
     def _iterate(self, chunks: AsyncIterator[Any]) -> Any:
@@ -519,18 +524,22 @@ class AsyncRealtimeClient(_Client[AsyncIterator[bytes], AsyncIterator[AudioEvent
         request: TTSRequest | None = None,
         model: str | None = None,
         timestamps: bool = False,
-        on_sent: Callable[[TextEvent | FlushEvent], None] | None = None,
+        on_sent: Callable[[SourceEvent], None] | None = None,
         early_flush: bool = True,
         ws_options: Any = None,
+        speakable: bool | None = False,
     ) -> _EventStream:
         """Feed ``source`` and read typed server events; the core of ``stream_websocket``.
 
         ``on_sent`` is called after each text or flush event went out (for transcripts and
-        metrics). Use as ``async with client.stream_events(src) as events: async for e in
+        metrics), and with each :class:`~fish_notebook.sources.SkippedText` the speakable
+        filter left out. Use as ``async with client.stream_events(src) as events: async for e in
         events``; leaving the block early closes the socket and stops reading the source.
         """
         spec = self._spec(request, model, timestamps, ws_options, {})
-        return _EventStream(self, spec, source, on_sent=on_sent, early_flush=early_flush)
+        return _EventStream(
+            self, spec, source, on_sent=on_sent, early_flush=early_flush, speakable=speakable
+        )
 
     async def aclose(self) -> None:
         """Mark the client closed. Streams already open finish on their own."""
@@ -620,10 +629,12 @@ class _EventStream:
         spec: StreamSpec,
         source: Any,
         *,
-        on_sent: Callable[[TextEvent | FlushEvent], None] | None = None,
+        on_sent: Callable[[SourceEvent], None] | None = None,
         early_flush: bool = True,
+        speakable: bool | None = False,
     ) -> None:
         self._client = client
+        self._speakable = speakable
         self._spec = spec
         self._source = source
         self._on_sent = on_sent
@@ -644,10 +655,14 @@ class _EventStream:
         return self._events(self.stream)
 
     async def _send_all(self, stream: AsyncRealtimeStream) -> None:
-        source = iter_source(self._source)
+        source = iter_source(self._source, speakable=self._speakable)
         early = EarlyFlush(self._early_flush)
         try:
             while (event := await self._next_event(source, early, stream)) is not None:
+                if isinstance(event, SkippedText):  # not spoken: only the transcript shows it
+                    if self._on_sent is not None:
+                        self._on_sent(event)
+                    continue
                 for piece in early.feed(event):
                     await self._send(stream, piece)
         except (SessionStateError, WebSocketError):

@@ -283,6 +283,15 @@ def _speech_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         (("--llm",), {"action": "store_true", "help": "the body is a prompt for an LLM"}),
         (
+            ("--speak-markup",),
+            {
+                "action": "store_true",
+                "help": "read markdown as written: by default an --llm answer is read as "
+                "speech (no asterisks or hashes, a code block as a short note, URLs as "
+                "their host; the transcript shows what was skipped, greyed)",
+            },
+        ),
+        (
             ("--chat",),
             {
                 "action": "store_true",
@@ -558,6 +567,7 @@ class SpeakMagics(Magics, SpeakSettings):
                 base_url=args.url,
                 display=not args.quiet,
                 timestamps=args.words,
+                speakable=False if args.speak_markup else None,
                 **request_options,
             )
         except ValidationError as exc:

@@ -51,7 +51,7 @@ from .recording import (
     SessionListener,
     SessionState,
 )
-from .sources import iter_audio
+from .sources import SkippedText, SourceEvent, iter_audio
 from .subtitles import subtitles
 
 __all__ = [
@@ -330,6 +330,9 @@ class Session(BaseSession):
             word, and :meth:`save` also writes ``.vtt`` and ``.srt`` subtitles.
         early_flush: flush once as soon as the first sentence is complete (unless the
             source flushes first), so first audio comes early; see ``stream_websocket``.
+        speakable: read markdown as words (code blocks as a note, URLs as their host; the
+            transcript shows what was skipped, greyed). ``None`` (the default): on for an
+            LLM's chunk objects, off for plain text. See ``sources.iter_source``.
     """
 
     def __init__(
@@ -346,6 +349,7 @@ class Session(BaseSession):
         start: bool = True,
         timestamps: bool = False,
         early_flush: bool = True,
+        speakable: bool | None = None,
         **options: Any,
     ) -> None:
         request = build_request(config, **options)
@@ -357,6 +361,7 @@ class Session(BaseSession):
         self._model = model
         self._source = source
         self._early_flush = early_flush
+        self._speakable = speakable
         if start:
             self.start()
 
@@ -368,6 +373,7 @@ class Session(BaseSession):
             model=self._model,
             timestamps=self.timestamps,
             early_flush=self._early_flush,
+            speakable=self._speakable,
             on_sent=self._on_sent,
         )
         async with feed as events:
@@ -381,9 +387,11 @@ class Session(BaseSession):
                 if self._stop_requested:
                     break
 
-    def _on_sent(self, event: TextEvent | FlushEvent) -> None:
+    def _on_sent(self, event: SourceEvent) -> None:
         if isinstance(event, TextEvent):
             self.recording.add_text(event.text)
+        elif isinstance(event, SkippedText):
+            self.recording.add_skipped(event.text)
         else:
             self.recording.add_flush()
 

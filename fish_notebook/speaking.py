@@ -146,8 +146,9 @@ def speak(
     Args:
         source: a str, any sync or async iterable of text (``TextEvent``/``FlushEvent`` too),
             or an LLM stream object (OpenAI, Anthropic, LangChain chunks).
-        voice: the voice (``reference_id``); the local server lists its voices at
-            ``/v1/voices``, unknown ones fall back to its default with a log message.
+        voice: the voice (``reference_id``); servers list theirs at ``GET /model`` (the
+            panel shows them); the local server speaks an unknown one with its default voice
+            and says so in a log message.
         model, latency, speed, volume: as in ``stream_websocket``; unset ones take the
             kernel defaults (``%speak_config``).
         save: a ``.wav`` or ``.mp3`` path written when the session ends, whatever the end.
@@ -157,7 +158,10 @@ def speak(
         wait: block until the audio is complete (``True``, or a timeout in seconds); then
             re-raise the session's error if it failed. Ctrl-C stops the session cleanly.
         listeners: extra session listeners (a :class:`Timeline`), attached before it starts.
-        request_options: other request fields (``sample_rate``, ``chunk_length``, ...).
+        request_options: other request fields (``sample_rate``, ``chunk_length``, ...), and
+            ``speakable`` (``None``, the default: an LLM's chunk objects are read as speech,
+            markdown and code blocks aside, plain text as written; ``True``/``False`` to
+            choose; see :class:`~fish_notebook.session.Session`).
 
     Returns at once unless ``wait``: the audio streams in the background and keeps playing
     while later cells run. Raises ValidationError for a bad option, before anything starts.

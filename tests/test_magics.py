@@ -471,7 +471,10 @@ def test_llm_stream_that_breaks_midway_fails_and_keeps_the_audio(
     kernel: Kernel, local_server: ThreadedServer, llm: LLMServer
 ) -> None:
     """A connection cut mid-answer surfaces as the cell's error; the audio so far is kept."""
-    kernel.ok(f"os.environ['OPENAI_BASE_URL'] = {llm.url!r}; os.environ['OPENAI_API_KEY'] = 'k'")
+    kernel.ok(
+        f"import os; os.environ['OPENAI_BASE_URL'] = {llm.url!r}; "
+        "os.environ['OPENAI_API_KEY'] = 'k'"
+    )
     try:
         reply = kernel.run("%%speak --llm --llm-model break-after-12 --wait -q -o s_cut\nGo.\n")
     finally:
@@ -680,3 +683,33 @@ def test_speak_help_shows_every_option(kernel: Kernel) -> None:
         assert option in page, option
     for words in ("'Name: line' lines", "alice=ID,bob=ID", "--reset-chat forgets them"):
         assert words in " ".join(page.split()), words
+
+
+# --- LLM answers worth hearing ----------------------------------------------------------------
+
+MARKDOWN_REPLY = (
+    "## Plan\n\nFirst, **install** the package:\n\n```sh\npip install fish-notebook\n```\n\n"
+    "- Then read [the docs](https://docs.python.org/3/library/) now.\n"
+)
+
+
+def test_llm_markdown_is_read_as_speech_and_the_transcript_keeps_what_was_skipped(
+    kernel: Kernel, local_server: ThreadedServer
+) -> None:
+    """An --llm answer in markdown: no markup character reaches the server, the code block
+    is a spoken note, the link its text; --speak-markup sends the markup as written."""
+    with LLMServer(MARKDOWN_REPLY) as markdown_llm:
+        kernel.ok(f"%%speak --llm --llm-url {markdown_llm.url} --wait -q -o s_md\nPlan it.\n")
+        record = record_with(local_server, "Plan")
+        sent = "".join(texts(record))
+        assert not set("*#`[]()|") & set(sent), sent
+        assert "install the package" in sent and "code block in shell" in sent
+        assert "pip install fish-notebook" not in sent and "the docs" in sent
+        entries = kernel.value("s_md.recording.transcript_entries")
+        skipped = "".join(e["skipped"] for e in entries if isinstance(e, dict) and "skipped" in e)
+        assert "pip install fish-notebook" in skipped and "**" in skipped
+        kernel.ok(
+            f"%%speak --llm --speak-markup --llm-url {markdown_llm.url} --wait -q\nRaw, please.\n"
+        )
+        raw = "".join(texts(record_with(local_server, "## Plan")))
+        assert raw == MARKDOWN_REPLY
