@@ -397,9 +397,9 @@ class QueueMember {
     const clock = this.player.out.clock;
     const admission = this.queue.admit(this, this.clockId());
     if (!admission || !admission.at || !clock) return admission;
-    // The wait ended where the audio it waited for ends.
-    const since = Math.max(admission.since, clock.wallMs(admission.at) - performance.timeOrigin);
-    return { ...admission, since };
+    // The wait ends where the audio it waited for ends (read as Latencies reads the clock).
+    const ends = performance.now() + (admission.at - clock.ctx.currentTime) * 1000;
+    return { ...admission, since: Math.max(admission.since, ends) };
   }
 
   /** @param {number} start a run's first chunk starts then @param {boolean} fresh let go by the queue */
@@ -513,7 +513,9 @@ class QueueMember {
  * What the queue did with a player, for stats.queue: its id, policy, order, where it is in the
  * queue or why it left, members ahead when it joined, whether it showed "queued", the member
  * it followed (`after`), when it joined and got its turn (wall ms), and its queued run: first
- * sample and end (seconds on clock `clock`, and wall ms), and an interrupt's cut.
+ * sample and end (seconds on clock `clock`, and wall ms), and an interrupt's cut. `wait_ms`
+ * runs from joining (a session joins once under way) to its first sample: the queue's wait
+ * and, for a session that had no audio yet, the time to its first audio.
  * @param {QueueMember} m
  * @returns {object}
  */
