@@ -242,3 +242,49 @@ def test_an_unknown_policy_is_refused_in_python() -> None:
     assert Player(sample_rate=8000).playback["order"] > order
     with contextlib.suppress(Exception):
         player.close()
+
+
+RUN_ALL_IN = """async ([paths, ms]) => {
+    const app = window.jupyterapp;
+    const widgets = Array.from(app.shell.widgets("main"));
+    for (const path of paths) {
+        const w = widgets.find((x) => x.context && x.context.path === path);
+        if (!w) throw new Error(`${path} is not open`);
+        app.shell.activateById(w.id);
+        const began = performance.now();
+        while (app.shell.currentWidget !== w) {  // the shell follows focus a moment later
+            if (performance.now() - began > ms) throw new Error(`${path} never became current`);
+            await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        const timer = new Promise((_, reject) =>
+            setTimeout(() => reject(new Error(`running ${path} timed out`)), ms));
+        await Promise.race([app.commands.execute("notebook:run-all-cells"), timer]);
+    }
+}"""
+
+
+def test_two_notebooks_with_two_kernels_share_the_page_s_queue(notebook: NotebookPage) -> None:
+    """Notebooks open side by side in one page, each with its own kernel (and its own copy of
+    the player's code): the second one's speech waits for the first one's to end."""
+    notebook.lab.write_notebook(
+        "queue_right.ipynb",
+        ['from fish_notebook import speak\nright = speak("The right notebook speaks second.")'],
+    )
+    notebook.open(
+        "queue_left.ipynb",
+        [
+            "from fish_notebook import speak\n"
+            'left = speak("The left notebook speaks first. It takes a moment to finish.")'
+        ],
+    )
+    notebook.command("docmanager:open", {"path": "queue_right.ipynb"})
+    notebook.wait_ready()
+    kernels = notebook.lab.api("GET", "/api/sessions")
+    assert len({s["kernel"]["id"] for s in kernels}) == 2
+    notebook.page.evaluate(RUN_ALL_IN, [["queue_left.ipynb", "queue_right.ipynb"], 20_000])
+    done = DONE.format(reason="ended")
+    both = [notebook.wait_stats(done, index=i, timeout_ms=90_000) for i in range(2)]
+    first, second = sorted((queue_of(s) for s in both), key=lambda q: q["order"])
+    assert first["clock"] == second["clock"] > 0
+    assert second["first_start"] >= first["last_end"]
+    assert second["after"] == first["id"] and second["queued"] and not first["queued"]

@@ -52,6 +52,7 @@ class Player {
     });
     // Covers chunks sent before the handler existed, and pages that were reloaded.
     this.receiver.requestRecording();
+    this.member.want(); // a session already under way when the model loaded takes its place
   }
 
   /** @returns {number} Hz of the stream */
