@@ -103,7 +103,10 @@ class Player {
 
   // -- what the buttons and clicks do ------------------------------------------------------
 
-  /** A click plays from `seconds` (a waiting player leaves the queue: it plays now). @param {number} seconds */
+  /**
+   * A click plays from `seconds` (a waiting player leaves the queue: it plays now).
+   * @param {number} seconds
+   */
   playFrom(seconds) {
     this.member.manual();
     this.scheduler.playFrom(seconds);

@@ -51,7 +51,11 @@ const SKIP_MS = 5000;
 const IDLE_MS = 8000;
 /** How a member that left for each reason joins again: in its order once it has a view, or
  * at the back once new audio comes. Other reasons never rejoin. */
-const REJOIN = /** @type {Record<string, "view" | "audio">} */ ({ skipped: "view", idle: "audio", orphaned: "audio" });
+const REJOIN = /** @type {Record<string, "view" | "audio">} */ ({
+  skipped: "view",
+  idle: "audio",
+  orphaned: "audio",
+});
 
 /**
  * @typedef {{
@@ -89,7 +93,8 @@ class PageQueue {
   register(m) {
     m.id = this.nextId++;
     /** @type {Slot} */
-    m.slot = { where: "out", reason: "", order: 0, seq: 0, joinedAt: 0, turnAt: 0, started: false, after: 0, position: 0 };
+    m.slot = { where: "out", reason: "", order: 0, seq: 0, joinedAt: 0, turnAt: 0 };
+    Object.assign(m.slot, { started: false, after: 0, position: 0 });
     this.players.add(m);
   }
 
@@ -103,12 +108,14 @@ class PageQueue {
   join(m, back) {
     const slot = m.slot;
     if (slot.where !== "out") return;
-    Object.assign(slot, { reason: "", seq: ++this.joins, joinedAt: performance.now(), started: false, after: 0 });
+    Object.assign(slot, { reason: "", seq: ++this.joins, joinedAt: performance.now() });
+    Object.assign(slot, { started: false, after: 0 });
     slot.order = back ? this.backOrder() : m.order();
     // Joining late (its model loaded after a later one's), it goes before those not heard yet.
     this.displace((o) => o.slot.order > slot.order);
     this.insert(m);
-    slot.position = (this.holder ? 1 : 0) + this.released.filter((r) => r.ahead()).length + this.waiting.indexOf(m);
+    const sounding = this.released.filter((r) => r.ahead()).length;
+    slot.position = (this.holder ? 1 : 0) + sounding + this.waiting.indexOf(m);
     this.advance();
   }
 
@@ -249,7 +256,9 @@ class PageQueue {
   /** @param {any} m */
   insert(m) {
     m.slot.where = "waiting";
-    const before = (/** @type {any} */ o) => o.slot.order > m.slot.order || (o.slot.order === m.slot.order && o.slot.seq > m.slot.seq);
+    const { order, seq } = m.slot;
+    const before = (/** @type {any} */ o) =>
+      o.slot.order > order || (o.slot.order === order && o.slot.seq > seq);
     const i = this.waiting.findIndex(before);
     this.waiting.splice(i < 0 ? this.waiting.length : i, 0, m);
   }
@@ -447,7 +456,9 @@ class QueueMember {
     const total = p.model.get("chunk_count") || 0;
     const nothing = p.final && total === 0;
     if (slot.where === "released" && !this.ahead()) this.queue.leave(this, "ended");
-    else if (slot.where === "holder" && slot.started && p.final && this.complete(total)) this.queue.release(this);
+    else if (slot.where === "holder" && slot.started && p.final && this.complete(total)) {
+      this.queue.release(this);
+    }
     else if (slot.where !== "out" && !slot.started && nothing) this.queue.leave(this, "ended");
   }
 
@@ -460,7 +471,8 @@ class QueueMember {
   /** A click plays it: a waiting player plays at once, out of the queue. */
   manual() {
     const slot = this.slot;
-    if (slot.where === "waiting" || (slot.where === "holder" && !slot.started)) this.queue.leave(this, "manual");
+    const waiting = slot.where === "waiting" || (slot.where === "holder" && !slot.started);
+    if (waiting) this.queue.leave(this, "manual");
     this.freeze();
   }
 
@@ -500,7 +512,8 @@ class QueueMember {
   freeze() {
     if (!this.tracking) return;
     this.tracking = false;
-    this.lastEnd = Math.min(this.player.scheduler.nextTime, Math.max(this.player.out.now(), this.firstStart ?? 0));
+    const heard = Math.max(this.player.out.now(), this.firstStart ?? 0);
+    this.lastEnd = Math.min(this.player.scheduler.nextTime, heard);
   }
 
   /** @returns {object} the figures published as stats.queue (see memberFigures) */
