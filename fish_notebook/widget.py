@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import anywidget
 import traitlets
@@ -84,6 +84,8 @@ _STATIC = pathlib.Path(__file__).parent / "static"
 #: module anywidget loads: the files share one scope, and only the last one exports.
 _PLAYER_JS = (
     "common.js",
+    "page.js",
+    "queue.js",
     "receiving.js",
     "scheduling.js",
     "stats.js",
@@ -149,6 +151,12 @@ class Player(anywidget.AnyWidget):
         - Every chunk given to :meth:`on_audio` reaches every view, in order, exactly once,
           including views that open after it was sent (they receive the recording).
         - Traits hold only small state; audio is never stored in a trait.
+
+    One voice at a time: the players of a page (every notebook and kernel in it) speak in the
+    order their players were made, each waiting, "queued", until the one before has ended.
+    The :attr:`playback` trait sets how a player shares the page's audio: its ``policy``
+    (``"queue"``, the default; ``"interrupt"`` cuts whatever plays and speaks now;
+    ``"overlap"`` plays at once, as if alone) and its ``order`` in the queue.
     """
 
     _esm = _player_esm()
@@ -176,6 +184,45 @@ class Player(anywidget.AnyWidget):
     ).tag(sync=True)
     #: Written by the browser: what it received, scheduled and played (see player.js).
     stats = traitlets.Dict().tag(sync=True)
+    #: How it shares the page's audio with other players (static/player/queue.js):
+    #: ``{"policy": p, "order": ms}``. ``policy`` is ``"queue"`` (default: wait until the
+    #: players started before it in the page have spoken, then play), ``"interrupt"`` (fade
+    #: out whatever plays and speak now; queued ones still wait) or ``"overlap"`` (play at
+    #: once, wait for nobody). ``order`` (this kernel's wall clock, in ms, when the player was
+    #: made) is its place in the queue. Assign ``{"policy": ...}`` alone to keep the order;
+    #: an unknown policy raises ValidationError.
+    playback = traitlets.Dict().tag(sync=True)
+    PLAYBACK_POLICIES: ClassVar[tuple[str, ...]] = ("queue", "interrupt", "overlap")
+    _order_lock: ClassVar[threading.Lock] = threading.Lock()
+    _last_order: ClassVar[float] = 0.0
+
+    @traitlets.default("playback")
+    def _default_playback(self) -> dict[str, Any]:
+        return {"policy": "queue", "order": self._next_order()}
+
+    @classmethod
+    def _next_order(cls) -> float:
+        """Now in ms on the wall clock (comparable across kernels), and never twice the same."""
+        with cls._order_lock:
+            cls._last_order = max(time.time() * 1000, cls._last_order + 0.001)
+            return cls._last_order
+
+    @traitlets.validate("playback")
+    def _valid_playback(self, proposal: Any) -> dict[str, Any]:
+        value = proposal["value"]
+        if not isinstance(value, dict) or set(value) - {"policy", "order"}:
+            raise ValidationError("playback", value, "must be {'policy': ..., 'order': ...}")
+        current = self._trait_values.get("playback") or {}
+        policy = value.get("policy", current.get("policy", "queue"))
+        if policy not in self.PLAYBACK_POLICIES:
+            allowed = ", ".join(map(repr, self.PLAYBACK_POLICIES))
+            raise ValidationError("playback policy", policy, f"must be one of {allowed}")
+        order = value.get("order", current.get("order"))
+        if order is None:
+            order = self._next_order()
+        if isinstance(order, bool) or not isinstance(order, (int, float)) or order != order:
+            raise ValidationError("playback order", order, "must be a number (ms)")
+        return {"policy": policy, "order": float(order)}
 
     def __init__(
         self,

@@ -5,6 +5,8 @@
 // scope, so there are no imports, and only the last file (main.js) has `export default`.
 // Each file does one job:
 //   common.js      what every job shares: the model's type, rounding, the vocabularies
+//   page.js        what every player of the page shares: one AudioContext per rate, the queue
+//   queue.js       one voice at a time in the page: the queue's rules and each player's place
 //   receiving.js   comm messages in, kept as one recording per model (by sequence number)
 //   scheduling.js  Web Audio: jitter buffer, gapless scheduling, underruns, the playhead
 //   stats.js       what the page did, published to the DOM and to Python

@@ -8,12 +8,14 @@
  *   status: string,
  *   final: boolean,
  *   active: boolean,
+ *   queued: boolean,
  *   hasAudio: boolean,
  *   playing: boolean,
  *   sounding: boolean,
  *   blocked: boolean,
  * }} PlayerState  `status`: one of the vocab's states; `final`: no more audio comes;
- *   `active`: a session is under way (it takes Flush and Stop); `hasAudio`: chunk 0 is here;
+ *   `active`: a session is under way (it takes Flush and Stop); `queued`: it waits for its
+ *   turn in the page's queue (Play plays it now); `hasAudio`: chunk 0 is here;
  *   `playing`: a run is in progress; `sounding`: and its audio comes out now; `blocked`: a run
  *   waits for the browser to allow audio (a click)
  *

@@ -1,7 +1,7 @@
-// The player of one widget model: ties receiving, scheduling, stats and views together, and
-// does what the buttons ask. Playback does not depend on any view: it starts when the first
-// chunk arrives (once a view was rendered), survives a view being re-rendered, and serves
-// every view of the same model.
+// The player of one widget model: ties receiving, scheduling, the page's queue, stats and
+// views together, and does what the buttons ask. Playback does not depend on any view: it
+// starts when the first chunk arrives (once a view was rendered and its turn in the page's
+// queue came), survives a view being re-rendered, and serves every view of the same model.
 
 /** A model with no view left stops its audio after this long (a re-render takes less). */
 const ORPHAN_MS = 400;
@@ -14,25 +14,37 @@ class Player {
     this.vocab = new Vocab(model);
     this.stats = new Stats(model);
     this.recording = new Recording();
-    this.out = new AudioOut(() => {
-      this.scheduler.settleLatencies();
-      this.changed();
+    this.out = new AudioOut({
+      busy: () => this.scheduler.isPlaying() || !this.final,
+      onStateChange: () => {
+        this.scheduler.settleLatencies();
+        this.changed();
+      },
     });
     this.scheduler = new Scheduler(this.recording, this.out, this.stats, {
       rate: () => this.rate,
       isFinal: () => this.final,
     });
+    this.member = new QueueMember(this);
     /** @type {Set<View>} */
     this.views = new Set();
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.orphanTimer = null;
+    /** whether the pill showed "queued" at the last tick */
+    this.wasQueued = false;
     this.timer = setInterval(() => this.tick(), STATS_MS);
     this.onStatus = this.onStatus.bind(this);
     model.on("change:status", this.onStatus);
+    this.onPlayback = () => this.member.policyChanged();
+    model.on("change:playback", this.onPlayback);
     this.receiver = new Receiver(model, this.recording, this.stats, {
       chunks: (follow) => {
-        if (follow) this.scheduler.follow();
+        if (follow) {
+          this.scheduler.follow();
+          this.member.want();
+        }
         this.scheduler.pump(true);
+        this.member.update();
         this.changed();
       },
       words: () => this.changed(),
@@ -40,6 +52,7 @@ class Player {
     });
     // Covers chunks sent before the handler existed, and pages that were reloaded.
     this.receiver.requestRecording();
+    this.member.want(); // a session already under way when the model loaded takes its place
   }
 
   /** @returns {number} Hz of the stream */
@@ -65,13 +78,14 @@ class Player {
   /** @returns {PlayerState} */
   state() {
     const status = this.status;
-    const sched = this.scheduler;
-    const playing = sched.isPlaying();
-    const allowed = playing && !sched.paused;
+    const queued = this.member.queued();
+    const playing = !queued && this.scheduler.isPlaying();
+    const allowed = playing && !this.out.paused;
     return {
       status,
       final: this.vocab.isFinal(status),
       active: this.vocab.isActive(status),
+      queued,
       hasAudio: this.recording.contiguous > 0,
       playing,
       sounding: allowed && this.out.state === "running",
@@ -82,19 +96,33 @@ class Player {
   onStatus() {
     // Start the audio clock when audio is expected (a context takes tens of ms to run).
     if (!this.final) this.scheduler.context();
+    this.member.want(); // a session under way takes its place in the page's queue at once
+    this.member.update();
     this.changed();
   }
 
   // -- what the buttons and clicks do ------------------------------------------------------
 
-  /** @param {number} seconds */
+  /**
+   * A click plays from `seconds` (a waiting player leaves the queue: it plays now).
+   * @param {number} seconds
+   */
   playFrom(seconds) {
+    this.member.manual();
     this.scheduler.playFrom(seconds);
     this.changed();
   }
 
+  /** Play, or pause the clock (every player on it waits), or go on. */
   togglePause() {
-    this.scheduler.togglePause();
+    const sched = this.scheduler;
+    const ctx = this.out.ctx;
+    if (this.member.queued() || !sched.isPlaying() || !ctx) {
+      this.playFrom(0);
+      return;
+    }
+    if (this.out.paused || ctx.state === "suspended") this.out.resume();
+    else this.out.pause();
     this.changed();
   }
 
@@ -105,6 +133,7 @@ class Player {
   stop() {
     this.model.send({ kind: "stop" });
     this.scheduler.stop();
+    this.member.leave("stopped");
     this.changed();
   }
 
@@ -134,8 +163,10 @@ class Player {
       // A model whose widget was never displayed stays silent; its first view lets it play.
       this.scheduler.audible = true;
       if (!this.final) this.scheduler.context();
-      this.scheduler.pump(true); // chunks that arrived before the first view: their wait counts
     }
+    this.member.want(); // a player skipped for want of a view takes its place again
+    this.scheduler.pump(true); // chunks that arrived before the first view: their wait counts
+    this.member.update();
     this.changed();
   }
 
@@ -153,16 +184,21 @@ class Player {
   }
 
   closeAudio() {
+    this.member.leave("orphaned");
     this.scheduler.halt();
     this.out.close();
     this.changed();
   }
 
-  /** Every STATS_MS: let an idle audio thread sleep, and publish the stats. */
+  /** Every STATS_MS: the queue's bounds, let an idle audio thread sleep, publish the stats. */
   tick() {
     const out = this.out;
     const sched = this.scheduler;
-    if (out.state === "running" && !sched.isPlaying() && this.final) out.suspend();
+    this.member.tick();
+    const queued = this.member.queued();
+    if (queued !== this.wasQueued) this.changed(); // its first sample played: the pill changes
+    this.wasQueued = queued;
+    out.sleep();
     if (sched.settleLatencies()) this.changed();
     const s = this.stats.data;
     s.ctx_state = out.state;
@@ -175,6 +211,7 @@ class Player {
     s.views = this.views.size;
     s.status = this.status;
     s.chunk_count = this.model.get("chunk_count") || 0;
+    s.queue = this.member.stats();
     const text = this.stats.publish();
     if (text) for (const v of this.views) v.root.dataset.stats = text;
   }
@@ -184,6 +221,8 @@ class Player {
     if (this.orphanTimer) clearTimeout(this.orphanTimer);
     this.receiver.dispose();
     this.model.off("change:status", this.onStatus);
+    this.model.off("change:playback", this.onPlayback);
+    this.member.dispose();
     this.closeAudio();
   }
 }

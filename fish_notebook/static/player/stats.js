@@ -1,5 +1,9 @@
 // Stats: what the page received, scheduled and played, published as JSON in the player
 // element's `data-stats` attribute (tests and tools read it) and in the model's `stats` trait.
+// `queue` holds what the page's queue did with the player (QueueMember.stats): its policy,
+// order, place and wait, and where its queued run's first sample starts and its last ends,
+// in seconds on its clock (`clock`: one id per AudioContext of the page) and in wall ms
+// (performance.timeOrigin + performance.now(), comparable across clocks).
 
 /** How often the stats are published to the DOM while something changes... */
 const STATS_MS = 250;
@@ -44,6 +48,7 @@ class Stats {
       views: 0,
       status: "",
       chunk_count: 0,
+      queue: /** @type {object} */ ({}),
     };
     /** the JSON last published to the DOM ("" before the first time) */
     this.published = "";

@@ -93,8 +93,10 @@ class View {
     this.transcript.el.dataset.clock = String(clockAt);
     const audio = player.seconds;
 
-    this.stateEl.textContent = state.status;
-    this.stateEl.dataset.state = state.status;
+    // Waiting for its turn in the page's queue shows "queued" instead of the session's state.
+    const shown = state.queued ? "queued" : state.status;
+    this.stateEl.textContent = shown;
+    this.stateEl.dataset.state = shown;
     this.stateEl.toggleAttribute("data-active", state.active);
     this.controls.update(state);
     this.timeEl.textContent = `${clock(position)} / ${clock(audio)}`;
