@@ -47,6 +47,7 @@ from .chat import Conversation
 from .dialogue import parse_dialogue, parse_voice_map
 from .errors import ValidationError
 from .protocol import DEFAULT_MODEL, LATENCY_MODES, FlushEvent, TextEvent
+from .recording import PLAYBACK_POLICIES
 from .speaking import (
     BACKENDS,
     DEFAULT_LLM_MODEL,
@@ -262,6 +263,14 @@ def _speech_options(func: Callable[..., Any]) -> Callable[..., Any]:
         (("--url",), {"help": "use the server at this http(s)/ws(s) URL"}),
         (("-o", "--output"), {"metavar": "NAME", "help": "store the Session in variable NAME"}),
         (("-q", "--quiet"), {"action": "store_true", "help": "no player"}),
+        (
+            ("--interrupt",),
+            {"action": "store_true", "help": "fade out whatever speaks in the page, speak now"},
+        ),
+        (
+            ("--overlap",),
+            {"action": "store_true", "help": "speak at once, over other speech (no queue)"},
+        ),
         (("--text",), {"action": "store_true", "help": "the body is text (no detection)"}),
         (("--raw",), {"action": "store_true", "help": "do not fill in {expressions}"}),
         (("--gen",), {"action": "store_true", "help": "the body is Python giving tokens"}),
@@ -381,6 +390,7 @@ SETTINGS = (
     "url",
     "llm_model",
     "llm_url",
+    "policy",
 )
 
 #: Where a setting's value came from, as ``%speak_config`` shows it.
@@ -416,6 +426,11 @@ class SpeakSettings(Configurable):
     url = _setting("The TTS server's URL (http(s) or ws(s)); overrides backend.")
     llm_model = _setting(f"The LLM of %%speak --llm; unset: OPENAI_MODEL or {DEFAULT_LLM_MODEL}.")
     llm_url = _setting("The LLM server of %%speak --llm; unset: OPENAI_BASE_URL, or OpenAI.")
+    policy = Unicode(
+        "queue",
+        help="How speech meets other speech in the page: queue (one voice at a time, in "
+        "start order), interrupt (fade out what plays, speak now) or overlap (at once).",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         self._origins: dict[str, str] = {}  # setting -> where its value came from
@@ -427,7 +442,7 @@ class SpeakSettings(Configurable):
     def _check_setting(self, proposal: Any) -> Any:
         name, value = proposal["trait"].name, proposal["value"]
         if isinstance(value, str) and not value.strip():
-            value = "auto" if name == "backend" else None
+            value = {"backend": "auto", "policy": "queue"}.get(name)
         try:
             dataclasses.replace(defaults, **{name: value}).check()
         except ValidationError as exc:
@@ -483,6 +498,13 @@ class SpeakSettings(Configurable):
 
 
 # --- the magics -----------------------------------------------------------------------------
+
+
+def _policy(args: Any) -> str | None:
+    """--interrupt / --overlap (None: the kernel default, queue unless set)."""
+    if args.interrupt and args.overlap:
+        raise UsageError("choose one of --interrupt / --overlap")
+    return "interrupt" if args.interrupt else "overlap" if args.overlap else None
 
 
 def _choose(args: Any) -> tuple[str | None, str | None]:
@@ -568,6 +590,7 @@ class SpeakMagics(Magics, SpeakSettings):
                 display=not args.quiet,
                 timestamps=args.words,
                 speakable=False if args.speak_markup else None,
+                policy=_policy(args),
                 **request_options,
             )
         except ValidationError as exc:
@@ -645,6 +668,9 @@ class SpeakMagics(Magics, SpeakSettings):
     @argument("--url", help="backend: the server at this URL")
     @argument("--llm-model", metavar="NAME", help="the LLM for --llm; '' to unset")
     @argument("--llm-url", metavar="URL", help="the LLM server for --llm; '' to unset")
+    @argument(
+        "--policy", choices=PLAYBACK_POLICIES, help="queue, interrupt or overlap other speech"
+    )
     @argument("--reset", action="store_true", help="forget every default first")
     @argument("--reset-chat", action="store_true", help="forget the --chat conversation")
     @line_magic
@@ -667,7 +693,7 @@ class SpeakMagics(Magics, SpeakSettings):
             value = getattr(args, name)
             if value is not None:
                 changes[name] = value.strip() or None
-        for name in ("latency", "speed", "volume"):
+        for name in ("latency", "speed", "volume", "policy"):
             value = getattr(args, name)
             if value is not None:
                 changes[name] = value
@@ -707,6 +733,7 @@ def describe_defaults(
         ("volume", shown(defaults.volume, "0 dB") + source("volume")),
         ("llm model", shown(defaults.llm_model, DEFAULT_LLM_MODEL) + source("llm_model")),
         ("llm url", shown(defaults.llm_url, "OPENAI_BASE_URL, or OpenAI") + source("llm_url")),
+        ("policy", defaults.policy + source("policy")),
         ("FISH_API_KEY", fish_key),
         ("OPENAI_API_KEY", openai_key),
     ]

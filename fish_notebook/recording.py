@@ -38,6 +38,7 @@ from .timeline import TimedWord, WordChange, WordTimeline
 
 __all__ = [
     "FINAL_STATES",
+    "PLAYBACK_POLICIES",
     "SESSION_STATES",
     "RecordedChunk",
     "Recording",
@@ -52,6 +53,9 @@ SessionState = Literal["connecting", "streaming", "finished", "failed", "stopped
 #: here: the player hands them to the page (the widget's ``vocab`` trait), nobody retypes them.
 SESSION_STATES: tuple[SessionState, ...] = get_args(SessionState)
 FINAL_STATES: frozenset[str] = frozenset(SESSION_STATES[2:])
+#: How a new session's audio meets the others in the page: ``queue`` (after the ones that
+#: started before it), ``interrupt`` (fade out whatever plays, speak now), ``overlap`` (at once).
+PLAYBACK_POLICIES: tuple[str, ...] = ("queue", "interrupt", "overlap")
 METRICS_INTERVAL = 0.25  # seconds between live metric updates to listeners
 
 

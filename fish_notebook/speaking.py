@@ -27,6 +27,7 @@ from .client import AsyncRealtimeClient, build_request
 from .endpoints import BACKENDS
 from .errors import MissingDependencyError, ValidationError
 from .protocol import LATENCY_MODES
+from .recording import PLAYBACK_POLICIES
 from .session import FINAL_STATES, Session, SessionListener
 
 __all__ = [
@@ -62,6 +63,7 @@ class SpeakDefaults:
     url: str | None = None
     llm_model: str | None = None
     llm_url: str | None = None
+    policy: str = "queue"
 
     def update(self, **changes: Any) -> None:
         """Set some defaults after checking them all; nothing changes if one is bad.
@@ -81,6 +83,8 @@ class SpeakDefaults:
     def check(self) -> None:
         """Raise ValidationError if a value cannot be used."""
         endpoints.plan(None, "(checked when used)", self.backend)  # a known backend
+        if self.policy not in PLAYBACK_POLICIES:
+            raise ValidationError("policy", self.policy, f"must be one of {PLAYBACK_POLICIES}")
         if self.latency is not None and self.latency not in LATENCY_MODES:
             raise ValidationError("latency", self.latency, f"must be one of {LATENCY_MODES}")
         build_request(speed=self.speed, volume=self.volume)  # prosody ranges
@@ -139,6 +143,7 @@ def speak(
     display: bool = True,
     wait: bool | float = False,
     listeners: Iterable[SessionListener] = (),
+    policy: str | None = None,
     **request_options: Any,
 ) -> Session:
     """Speak ``source`` now; return its :class:`~fish_notebook.session.Session`.
@@ -158,6 +163,9 @@ def speak(
         wait: block until the audio is complete (``True``, or a timeout in seconds); then
             re-raise the session's error if it failed. Ctrl-C stops the session cleanly.
         listeners: extra session listeners (a :class:`Timeline`), attached before it starts.
+        policy: how this speech meets others in the page: ``"queue"`` (the default: after
+            the sessions that started before it, one voice at a time), ``"interrupt"``
+            (fade out whatever plays and speak now) or ``"overlap"`` (at once).
         request_options: other request fields (``sample_rate``, ``chunk_length``, ...), and
             ``speakable`` (``None``, the default: an LLM's chunk objects are read as speech,
             markdown and code blocks aside, plain text as written; ``True``/``False`` to
@@ -166,6 +174,8 @@ def speak(
     Returns at once unless ``wait``: the audio streams in the background and keeps playing
     while later cells run. Raises ValidationError for a bad option, before anything starts.
     """
+    if policy is not None and policy not in PLAYBACK_POLICIES:
+        raise ValidationError("policy", policy, f"must be one of {PLAYBACK_POLICIES}")
     if client is None:
         client = make_client(backend, base_url=base_url, api_key=api_key, model=model)
     options = _request_options(voice, latency, speed, volume, request_options)
@@ -178,7 +188,8 @@ def speak(
     if display:
         from .widget import display_player
 
-        display_player(session, fallback="mp3")  # 10x smaller saved notebooks than WAV
+        # MP3 fallback: 10x smaller saved notebooks than WAV.
+        display_player(session, fallback="mp3", playback={"policy": policy or defaults.policy})
     session.start()
     if wait is not False:
         session.wait(None if wait is True else float(wait))

@@ -72,7 +72,7 @@ from .errors import (
     SessionStateError,
     ValidationError,
 )
-from .recording import FINAL_STATES, SESSION_STATES, Recording
+from .recording import FINAL_STATES, PLAYBACK_POLICIES, SESSION_STATES, Recording
 
 __all__ = ["Controls", "Player", "display_player", "transcript_parts"]
 
@@ -192,7 +192,7 @@ class Player(anywidget.AnyWidget):
     #: made) is its place in the queue. Assign ``{"policy": ...}`` alone to keep the order;
     #: an unknown policy raises ValidationError.
     playback = traitlets.Dict().tag(sync=True)
-    PLAYBACK_POLICIES: ClassVar[tuple[str, ...]] = ("queue", "interrupt", "overlap")
+    PLAYBACK_POLICIES: ClassVar[tuple[str, ...]] = PLAYBACK_POLICIES
     _order_lock: ClassVar[threading.Lock] = threading.Lock()
     _last_order: ClassVar[float] = 0.0
 

@@ -713,3 +713,19 @@ def test_llm_markdown_is_read_as_speech_and_the_transcript_keeps_what_was_skippe
         )
         raw = "".join(texts(record_with(local_server, "## Plan")))
         assert raw == MARKDOWN_REPLY
+
+
+def test_interrupt_overlap_and_the_policy_default(kernel: Kernel) -> None:
+    """--interrupt / --overlap reach the player; %speak_config --policy sets the default;
+    both flags at once are refused."""
+    kernel.ok("%speak --interrupt --wait -o s_cut Cutting in.")
+    assert kernel.value("s_cut.player.playback['policy']") == "interrupt"
+    shown = kernel.ok("%speak_config --policy overlap").stdout
+    assert "overlap" in shown
+    try:
+        kernel.ok("%speak --wait -o s_over Over the top.")
+        assert kernel.value("s_over.player.playback['policy']") == "overlap"
+        clash = kernel.run("%speak --interrupt --overlap Hi")
+        assert clash.status == "error" and "choose one of" in (clash.evalue or "")
+    finally:
+        kernel.ok("%speak_config --policy queue")

@@ -140,3 +140,20 @@ def test_chat_stream_needs_a_key_or_a_url(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ValidationError, match="OPENAI_API_KEY"):
         chat_stream("Hi")
     assert chat_stream("Hi", base_url="http://127.0.0.1:9/v1") is not None  # no I/O yet
+
+
+def test_playback_policy_reaches_the_player_and_bad_ones_are_refused(
+    local_server: ThreadedServer,
+) -> None:
+    """speak(policy=...) sets the player's playback policy; the kernel default is queue; an
+    unknown policy is a ValidationError before anything starts."""
+    with pytest.raises(ValidationError, match="policy"):
+        speak("Never said.", policy="shout", base_url=local_server.url)
+    queued = speak("Queued.", base_url=local_server.url, wait=60)
+    overlapping = speak("At once.", base_url=local_server.url, policy="overlap", wait=60)
+    assert queued.player is not None and overlapping.player is not None
+    assert queued.player.playback["policy"] == "queue"
+    assert overlapping.player.playback["policy"] == "overlap"
+    assert overlapping.player.playback["order"] > queued.player.playback["order"]
+    with pytest.raises(ValidationError, match="policy"):
+        defaults.update(policy="shout")
