@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from .play import play
     from .session import Playback, Session
     from .speaking import speak
+    from .transcribe import transcribe
+    from .voiceloop import VoiceLoop
 
 __all__ = [
     "AsyncRealtimeClient",
@@ -71,11 +73,13 @@ __all__ = [
     "Timeout",
     "TransportError",
     "ValidationError",
+    "VoiceLoop",
     "WebSocketError",
     "__version__",
     "load_ipython_extension",
     "play",
     "speak",
+    "transcribe",
     "unload_ipython_extension",
 ]
 
@@ -89,6 +93,8 @@ _LAZY = {
     "play": "play",
     "speak": "speaking",
     "SpeakPanel": "panel",
+    "VoiceLoop": "voiceloop",
+    "transcribe": "transcribe",
 }
 
 
