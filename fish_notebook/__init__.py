@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from .play import play
     from .session import Playback, Session
     from .speaking import speak
-    from .transcribe import transcribe
     from .voiceloop import VoiceLoop
 
 __all__ = [
@@ -79,7 +78,6 @@ __all__ = [
     "load_ipython_extension",
     "play",
     "speak",
-    "transcribe",
     "unload_ipython_extension",
 ]
 
@@ -94,7 +92,6 @@ _LAZY = {
     "speak": "speaking",
     "SpeakPanel": "panel",
     "VoiceLoop": "voiceloop",
-    "transcribe": "transcribe",
 }
 
 

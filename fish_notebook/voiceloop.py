@@ -229,6 +229,7 @@ class _Answerer:
         self.speech, self.machine, self.changed, self.clock = speech, machine, changed, clock
         self.hooks = hooks  # on_answer and on_state are read at each use
         self.turns: list[VoiceTurn] = []
+        self.asked: VoiceTurn | None = None  # the page was asked for this turn's playhead
 
     def messages(self) -> Messages:
         with self.changed:
@@ -345,6 +346,8 @@ class _Answerer:
             turn = next((t for t in self.turns if t.metrics is metrics and not t.done), None)
         if turn is None:
             return
+        with self.changed:
+            self.asked = turn
         if not _call(self.hooks.on_barge_in, turn):
             self.interrupt(turn, None)  # no page to ask where its playhead was
             return
@@ -352,8 +355,10 @@ class _Answerer:
         io.call_soon_threadsafe(io.call_later, PAGE_REPLY, self.interrupt, turn, None)
 
     def speaking(self) -> VoiceTurn | None:
-        """The turn whose answer is not over, if any."""
+        """The turn whose answer the page is asked about, else the latest not over."""
         with self.changed:
+            if self.asked is not None and not self.asked.done:
+                return self.asked
             return next((t for t in reversed(self.turns) if not t.done), None)
 
     def first_sample(self, at: float | None) -> None:
