@@ -229,7 +229,10 @@ def _status_error(status: int, body: bytes, where: str, key: str | None, size: i
         return ServerBusyError(f"{where} is rate limiting (HTTP 429): {said}; retry later")
     if status in (404, 405):
         return ValidationError(
-            "base_url", where, f"has no speech recognition (HTTP {status}): {said}"
+            "base_url",
+            where,
+            f"has no speech recognition (HTTP {status}: {said}): send it to a server "
+            "that has POST /v1/asr (Fish's cloud, or a newer embedded server)",
         )
     if 400 <= status < 500:
         return ValidationError(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 from .errors import ValidationError
@@ -88,9 +88,6 @@ class TurnMetrics:
         out = {f"{name}_s": since(self.speech_end, getattr(self, name)) for name in steps}
         out["barge_in_to_silence_s"] = since(self.barge_in_onset, self.silenced)
         return out
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

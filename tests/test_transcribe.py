@@ -225,7 +225,8 @@ def test_a_4xx_carries_the_servers_message(scripted: Scripted) -> None:
     with pytest.raises(ValidationError) as info:
         transcribe(AUDIO, base_url=scripted.url("invalid"), api_key=KEY)
     assert "HTTP 422" in str(info.value) and "body.audio: not a valid audio file" in str(info.value)
-    with pytest.raises(ValidationError, match="no speech recognition .HTTP 404.: Not Found"):
+    no_asr = "no speech recognition .HTTP 404: Not Found.: send it"
+    with pytest.raises(ValidationError, match=no_asr):
         transcribe(AUDIO, base_url=scripted.url("missing"), api_key=KEY)
 
 
