@@ -201,19 +201,28 @@ def test_an_agents_stream_is_flushed_at_each_sentence_end(
 
 
 def slow_agent(kind: str, ended: dict[str, Any]) -> Callable[[Any], Any]:
-    """An agent writing LONG_ANSWER at 12 tokens a second; ``ended`` says how it ended."""
-    ended["closed"] = threading.Event()
+    """An agent writing LONG_ANSWER like an LLM: two sentences at 12 tokens a second, then
+    it waits for its next token until ``ended["release"]`` is set (at most 30 s).
+    ``ended["closed"]`` is set when its stream ends; ``ended["finished"]`` if it ran out."""
+    ended["closed"], ended["release"] = threading.Event(), threading.Event()
+    tokens = llm_tokens(LONG_ANSWER)
+    cut = tokens.index(" has")  # after "It stands on the river Seine. It"
 
     def sync_tokens() -> Iterator[str]:
         try:
-            yield from paced(LONG_ANSWER, tokens_per_second=12, first_token_delay=0)
+            yield from paced("".join(tokens[:cut]), tokens_per_second=12, first_token_delay=0)
+            ended["release"].wait(30)
+            yield from tokens[cut:]
             ended["finished"] = True
         finally:
             ended["closed"].set()
 
     async def async_tokens() -> AsyncIterator[str]:
         try:
-            async for token in apaced(LONG_ANSWER, tokens_per_second=12, first_token_delay=0):
+            async for token in apaced("".join(tokens[:cut]), tokens_per_second=12):
+                yield token
+            await asyncio.to_thread(ended["release"].wait, 30)
+            for token in tokens[cut:]:
                 yield token
             ended["finished"] = True
         finally:
@@ -235,6 +244,7 @@ def test_an_interrupted_answer_keeps_what_was_heard(
     assert not turn.done and loop.state == "answering"
 
     assert loop.interrupt(playhead_s=1.0) is turn
+    ended["release"].set()  # the LLM's next token arrives: its stream is closed after it
     assert turn.interrupted and turn.done and turn.metrics.silenced is not None
     session.wait(15)
     assert session.state == "stopped"
@@ -265,6 +275,7 @@ def test_talking_over_the_answer_asks_the_page_then_starts_a_new_turn(
     feed_file(loop, question_wav, end=1.2)  # the user speaks again, over the answer
     assert asked == [first] and not first.interrupted  # the page is asked for its playhead
     assert loop.interrupt(playhead_s=0.5) is first  # the page answers
+    ended["release"].set()
     feed_file(loop, question_wav, start=1.2)
     assert first.interrupted and first.heard_detail is not None
     assert first.heard_detail.playhead == 0.5
@@ -289,6 +300,7 @@ def test_a_page_that_never_answers_does_not_stop_the_barge_in(
     wait_until(lambda: session.duration > 0.5, "the answer's first audio", timeout=60)
     feed_file(loop, question_wav)
     wait_until(lambda: first.interrupted, "the loop's own interruption", timeout=10)
+    ended["release"].set()
     # With no playhead from the page, the time since the first audio stands for it.
     assert first.heard_detail is not None and first.heard_detail.playhead > 0
     assert ended["closed"].wait(15) and not ended.get("finished")
