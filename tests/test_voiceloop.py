@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import threading
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -386,3 +388,46 @@ async def test_an_answer_stream_reports_its_first_token_and_closes_its_source() 
     await answer.aclose()
     await stream.aclose()
     assert closed.is_set() and answer.text == "Hi. There"
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(180)
+def test_hear_answers_inside_a_notebook_cell(
+    cloud: CloudDouble, local_server: ThreadedServer, question_wav: Path, tmp_path: Path
+) -> None:
+    """In a real kernel (as nbclient runs a notebook): the cell blocks in hear() while the
+    loop's work runs on fish-notebook's own thread, and returns the answered turn."""
+    import jupyter_client
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FISH_", "OPENAI_"))}
+    env["FISH_BASE_URL"] = local_server.url  # the answer's speech
+    manager = jupyter_client.KernelManager(kernel_name="python3")
+    manager.start_kernel(env=env, cwd=str(tmp_path))
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        code = (
+            "import json\n"
+            "from fish_notebook import VoiceLoop\n"
+            f"loop = VoiceLoop(asr_base_url={cloud.base_url!r}, "
+            f"asr_api_key={cloud.script.api_key!r})\n"
+            f"turn = loop.hear({str(question_wav)!r})\n"
+            "print(json.dumps([turn.user, turn.agent, turn.heard, turn.session.state, "
+            "turn.session.duration > 1, loop.state]))"
+        )
+        out: list[str] = []
+
+        def keep(message: dict[str, Any]) -> None:
+            if message["msg_type"] == "stream":
+                out.append(message["content"]["text"])
+
+        reply = client.execute_interactive(code, timeout=150, output_hook=keep)
+        assert reply["content"]["status"] == "ok", reply["content"].get("evalue")
+        user, agent, heard, state, spoke, loop_state = json.loads("".join(out).splitlines()[-1])
+        assert (user, agent) == (QUESTION, EchoAgent.name)
+        assert heard == f"{EchoAgent.introduction} You said: {QUESTION}"
+        assert (state, spoke, loop_state) == ("finished", True, "listening")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
