@@ -43,7 +43,7 @@ from . import _loop, endpoints
 from .agents import Agent, AgentAnswer, Messages, agent_name, default_agent
 from .audio import WavStreamParser, wav_bytes
 from .client import build_request
-from .errors import SessionStateError, StreamTimeout, ValidationError
+from .errors import MissingDependencyError, SessionStateError, StreamTimeout, ValidationError
 from .heard import Heard, heard
 from .session import FINAL_STATES, Session
 from .speaking import defaults, make_client
@@ -105,8 +105,11 @@ def microphone_pcm(audio: str | os.PathLike[str] | bytes) -> bytes:
         raise ValidationError("audio", f"<{len(data)} bytes>", "must be a 16-bit PCM WAV file")
     if channels == 1 and rate == SAMPLE_RATE:
         return pcm
-    import numpy as np
-    import soxr
+    try:
+        import numpy as np
+        import soxr
+    except ImportError as exc:
+        raise MissingDependencyError("soxr", "listen", "Resampling a WAV file") from exc
 
     samples = np.frombuffer(pcm, "<i2").reshape(-1, channels).mean(axis=1) / 32768.0
     if rate != SAMPLE_RATE:
