@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .playing import play
     from .session import Playback, Session
     from .speaking import speak
+    from .voiceloop import VoiceLoop
 
 __all__ = [
     "AsyncRealtimeClient",
@@ -71,6 +72,7 @@ __all__ = [
     "Timeout",
     "TransportError",
     "ValidationError",
+    "VoiceLoop",
     "WebSocketError",
     "__version__",
     "load_ipython_extension",
@@ -89,6 +91,7 @@ _LAZY = {
     "play": "playing",
     "speak": "speaking",
     "SpeakPanel": "panel",
+    "VoiceLoop": "voiceloop",
 }
 
 

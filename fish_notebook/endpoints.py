@@ -128,6 +128,11 @@ class Endpoint:
         """What to check when this endpoint cannot be reached."""
         return _ADVICE[self.origin]
 
+    def credential(self, api_key: str | None) -> str | None:
+        """The bearer token to send here: the embedded server's own token to it (never the
+        user's Fish key), the caller's ``api_key`` to any other server."""
+        return self.token if self.origin == "local" else api_key
+
 
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:

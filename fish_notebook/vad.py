@@ -200,6 +200,7 @@ class VoiceActivityDetector:
         self._state = "silence"  # silence -> candidate -> speech -> silence
         self._start = 0
         self._silence_from: int | None = None
+        self._voiced_until = 0
         #: The speech probability of the last window evaluated.
         self.probability = 0.0
 
@@ -207,6 +208,13 @@ class VoiceActivityDetector:
     def speaking(self) -> bool:
         """True between a :class:`SpeechStarted` and its :class:`SpeechEnded`."""
         return self._state == "speech"
+
+    @property
+    def voiced_until(self) -> int:
+        """The sample just past the last window judged speech (at or above ``threshold``)
+        since speech last began; 0 before any. While :attr:`speaking`, how far the speech
+        really goes (the silence that may end it is not counted)."""
+        return self._voiced_until
 
     @property
     def samples(self) -> int:
@@ -252,6 +260,8 @@ class VoiceActivityDetector:
             if probability < self.threshold:
                 return None
             self._state, self._start = "candidate", begin
+        if probability >= self.threshold:
+            self._voiced_until = end
         if self._state == "candidate":
             if probability < self._off_threshold:
                 self._state = "silence"  # too short: a click, a breath

@@ -226,3 +226,28 @@ def test_cpu_share_on_silence_in_real_time() -> None:
     assert events == []
     assert vad.samples == 150 * FRAME
     print(f"\nVAD on silence, real-time 20 ms frames: {busy / wall:.1%} of one core")
+
+
+def test_voiced_until_follows_the_speech_not_the_silence_after_it(speech: np.ndarray) -> None:
+    """While a turn is open, voiced_until is where the speech really goes: past its last
+    loud sample (less a window), and short of where the silence that ends it began."""
+    vad = VoiceActivityDetector()
+    assert vad.voiced_until == 0
+    lead = silence(0.5)
+    samples = np.concatenate([lead, speech, silence(DEFAULT_SILENCE / 2)])
+    events = stream_open(vad, samples)
+    assert [type(e) for e in events] == [SpeechStarted] and vad.speaking
+    _, last = audible(speech)
+    assert len(lead) + last - 2 * WINDOW <= vad.voiced_until <= len(lead) + len(speech) + WINDOW
+    ended = stream_open(vad, silence(DEFAULT_SILENCE))
+    assert isinstance(ended[0], SpeechEnded) and vad.voiced_until <= ended[0].end
+    vad.reset()
+    assert vad.voiced_until == 0
+
+
+def stream_open(vad: VoiceActivityDetector, samples: np.ndarray) -> list[VadEvent]:
+    """Feed ``samples`` in 20 ms frames without finishing the stream."""
+    data = samples.astype("<i2").tobytes()
+    return [
+        e for start in range(0, len(data), FRAME) for e in vad.feed(data[start : start + FRAME])
+    ]
