@@ -83,10 +83,10 @@ class _LLMAgent:
     def __call__(self, messages: Messages) -> Any:
         if not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": VOICE_SYSTEM_PROMPT}, *messages]
-        last = messages[-1]["content"] if messages else ""
-        # chat_stream() sends [system, prompt]; the conversation replaces them in the body.
-        extra_body = {**self._options.get("extra_body", {}), "messages": messages}
-        return chat_stream(last, **{**self._options, "extra_body": extra_body})
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        turns = [m for m in messages if m["role"] != "system"]
+        last = turns[-1]["content"] if turns else ""
+        return chat_stream(last, system=system, history=turns[:-1], **self._options)
 
 
 def llm_agent(

@@ -38,6 +38,7 @@ def heard_text(session: Any) -> str:
     """What a session's listener heard: ``session.heard`` (a str, or pieces of str) when the
     session has it, else the text it sent (``session.text``, flush marks left out)."""
     heard = getattr(session, "heard", None)
+    heard = getattr(heard, "text", heard)  # a Session's Heard: what its listener heard
     if isinstance(heard, str):
         return heard
     pieces: Iterable[Any] = heard if heard is not None else getattr(session, "text", ())

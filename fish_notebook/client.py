@@ -466,9 +466,7 @@ class _Client(Generic[_Audio, _Events]):
 
     def _headers(self, model: str, endpoint: Endpoint | None = None) -> dict[str, str]:
         headers = {"model": model}
-        # The embedded server gets its own token, never the user's Fish key.
-        local = endpoint is not None and endpoint.origin == "local"
-        key = endpoint.token if local and endpoint is not None else self._api_key
+        key = endpoint.credential(self._api_key) if endpoint is not None else self._api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers

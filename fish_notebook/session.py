@@ -42,6 +42,7 @@ from .client import (
     build_request,
 )
 from .errors import SessionStateError, StreamTimeout
+from .heard import Heard, heard
 from .protocol import AudioEvent, FlushEvent, LogEvent, TextEvent, TTSRequest
 from .recording import (
     FINAL_STATES,
@@ -99,6 +100,9 @@ class BaseSession:
         self._future: concurrent.futures.Future[None] | None = None
         self._done = threading.Event()
         self._stop_requested = False
+        #: Seconds of the audio the listener had heard when it went silent (the page reports it
+        #: at Stop and at an interrupt; the voice loop at a barge-in); None: all that came.
+        self.playhead: float | None = None
         #: The live player that ``widget.display_player`` made for this session, if any
         #: (a ``fish_notebook.widget.Player``): marimo shows it in place of the session.
         self.player: Any = None
@@ -267,6 +271,15 @@ class BaseSession:
     def words(self) -> list[TimedWord]:
         """Words heard so far (``timestamps=True``); see :attr:`Recording.words`."""
         return self.recording.words
+
+    @property
+    def heard(self) -> Heard:
+        """What the listener heard (see :func:`fish_notebook.heard.heard`): the words that
+        ended before :attr:`playhead` (word timings), else the text in proportion to the
+        audio played; ``.method`` says which. All of it for a session that finished and
+        played to its end."""
+        finished = self.state == "finished"
+        return heard(self.words, self.text, self.duration, self.playhead, complete=finished)
 
     @property
     def metrics(self) -> dict[str, Any]:

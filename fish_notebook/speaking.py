@@ -39,6 +39,7 @@ __all__ = [
     "defaults",
     "describe_backend",
     "make_client",
+    "request_options_with_defaults",
     "speak",
 ]
 
@@ -178,7 +179,7 @@ def speak(
         raise ValidationError("policy", policy, f"must be one of {PLAYBACK_POLICIES}")
     if client is None:
         client = make_client(backend, base_url=base_url, api_key=api_key, model=model)
-    options = _request_options(voice, latency, speed, volume, request_options)
+    options = request_options_with_defaults(voice, latency, speed, volume, request_options)
     model = model or defaults.model
     session = Session(
         source, client=client, model=model, save=save, format=format, start=False, **options
@@ -196,7 +197,7 @@ def speak(
     return session
 
 
-def _request_options(
+def request_options_with_defaults(
     voice: str | None,
     latency: str | None,
     speed: float | None,

@@ -44,9 +44,9 @@ from .agents import Agent, AgentAnswer, Messages, agent_name, default_agent
 from .audio import WavStreamParser, wav_bytes
 from .client import build_request
 from .errors import MissingDependencyError, SessionStateError, StreamTimeout, ValidationError
-from .heard import Heard, heard
+from .heard import Heard
 from .session import FINAL_STATES, Session
-from .speaking import defaults, make_client
+from .speaking import defaults, make_client, request_options_with_defaults
 from .transcribe import DEFAULT_TIMEOUT, Transcript, atranscribe
 from .turns import DEFAULT_MIN_BARGE_IN, BargeIn, CancelReply, EndOfTurn, TurnMetrics, TurnTaker
 from .vad import SAMPLE_RATE, SpeechEnded, SpeechStarted, VoiceActivityDetector
@@ -118,13 +118,9 @@ def microphone_pcm(audio: str | os.PathLike[str] | bytes) -> bytes:
 
 
 def _heard_of(session: Session, playhead: float | None) -> Heard:
-    return heard(
-        session.words,
-        session.text,
-        session.duration,
-        playhead,
-        complete=session.state == "finished",
-    )
+    if playhead is not None:
+        session.playhead = playhead
+    return session.heard
 
 
 class _Microphone:
@@ -167,24 +163,6 @@ class _AnswerWatcher:
     def on_state(self, state: str, error: str | None) -> None:
         if state in FINAL_STATES:  # called under the session's lock: act after it
             _loop.background_loop().call_soon(self.answerer.answer_over, self.turn)
-
-
-def _speech_options(
-    voice: str | None,
-    latency: str | None,
-    speed: float | None,
-    volume: float | None,
-    others: dict[str, Any],
-) -> dict[str, Any]:
-    """speak()'s request fields: the kernel defaults fill what the loop leaves unset."""
-    options = {
-        "reference_id": voice or defaults.voice,
-        "latency": latency or defaults.latency,
-        "speed": speed if speed is not None else defaults.speed,
-        "volume": volume if volume is not None else defaults.volume,
-        **others,
-    }
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _call(hook: Callable[..., Any] | None, *args: Any) -> bool:
@@ -419,7 +397,7 @@ class VoiceLoop:
         clock: Callable[[], float] = time.perf_counter,
         **request_options: Any,
     ) -> None:
-        request = _speech_options(voice, latency, speed, volume, request_options)
+        request = request_options_with_defaults(voice, latency, speed, volume, request_options)
         build_request(**request)  # a bad option fails here, not at the first answer
         same = asr_base_url is None and asr_backend is None
         asr: dict[str, Any] = {

@@ -47,6 +47,7 @@ it hides that element so the audio is not shown twice.
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -409,6 +410,12 @@ class Player(anywidget.AnyWidget):
             controls = self._controls
             if controls is None:
                 return
+            playhead = content.get("playhead")
+            if kind == "stop" and isinstance(playhead, (int, float)) and playhead >= 0:
+                # What the listener heard ends there (session.heard); a hand-fed player's
+                # controls may not keep it.
+                with contextlib.suppress(AttributeError):
+                    controls.playhead = float(playhead)  # type: ignore[attr-defined]
             try:
                 controls.flush() if kind == "flush" else controls.stop()
             except FishNotebookError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fish_notebook import FlushEvent, Session, StreamTimeout, WebSocketError, _loop
+from fish_notebook.local import ThreadedServer
 from tests.helpers import RecordingListener
 from tests.wire_server import threaded_wire_server
 
@@ -175,3 +176,18 @@ def test_a_raising_listener_does_not_end_the_session() -> None:
         session.add_listener(Broken())
         session.start().wait(20)
         assert session.state == "finished" and session.audio
+
+
+def test_heard_is_what_played_before_the_playhead(local_server: ThreadedServer) -> None:
+    """session.heard: all of a finished session; after a stop at a playhead (the page reports
+    it with Stop), only the words that ended before it, and how it was computed."""
+    text = "One two three four. Five six seven eight. Nine ten eleven twelve."
+    done = Session(text, base_url=local_server.url, timestamps=True).wait(60)
+    assert done.heard.method == "all" and done.heard.text == text
+    done.playhead = done.words[5].end  # as if the listener had stopped there
+    part = done.heard
+    assert part.method == "words" and part.text == " ".join(w.text for w in done.words[:6])
+    untimed = Session(text, base_url=local_server.url).wait(60)
+    untimed.playhead = untimed.duration / 2
+    half = untimed.heard
+    assert half.method == "proportion" and text.startswith(half.text) and half.text != text

@@ -572,3 +572,20 @@ def test_a_player_fed_by_hand_records_into_its_own_recording() -> None:
     follower.detach()
     with pytest.raises(SessionStateError, match="already follows"):
         follower.attach(session)  # its views hold that session's chunks
+
+
+def test_stop_from_the_page_keeps_where_the_listener_was(local_server: ThreadedServer) -> None:
+    """The page's Stop carries the playhead: the session keeps it, so session.heard ends
+    there."""
+    from fish_notebook.session import Session
+
+    session = Session(iter(["A long enough sentence ", "to still be going. "] * 20),
+                      base_url=local_server.url)  # fmt: skip
+    player = Player(session)
+    try:
+        player._handle_message(player, {"kind": "stop", "playhead": 0.5}, [])
+        session.wait(30)
+        assert session.state == "stopped" and session.playhead == 0.5
+        assert session.heard.playhead <= 0.5
+    finally:
+        player.close()

@@ -131,7 +131,8 @@ class Player {
   }
 
   stop() {
-    this.model.send({ kind: "stop" });
+    // Where the listener was: the kernel keeps what was heard (session.heard).
+    this.model.send({ kind: "stop", playhead: this.scheduler.position() });
     this.scheduler.stop();
     this.member.leave("stopped");
     this.changed();

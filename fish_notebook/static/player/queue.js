@@ -374,11 +374,12 @@ class QueueMember {
   cut(by) {
     const p = this.player;
     const clockId = this.clockId();
+    const playhead = p.scheduler.position();
     const { at, end, planned } = p.scheduler.cut(FADE_S);
     if (this.tracking) this.lastEnd = end;
     this.tracking = false;
     this.cutInfo = { at, planned, by };
-    if (p.vocab.isActive(p.status)) p.model.send({ kind: "stop" });
+    if (p.vocab.isActive(p.status)) p.model.send({ kind: "stop", playhead });
     return { clockId, end };
   }
 
