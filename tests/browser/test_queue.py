@@ -86,8 +86,12 @@ def test_run_all_plays_three_cells_in_start_order_without_overlap(
     notebook.open(
         "queue_three.ipynb",
         [
-            'from fish_notebook import speak\ns1 = speak("First cell speaks this sentence.")',
-            's2 = speak("Second cell speaks right after the first one.")',
+            # Each long enough (several seconds) that the next cell starts while it plays,
+            # even on a loaded machine.
+            'from fish_notebook import speak\ns1 = speak("First cell speaks this sentence. '
+            'It goes on for a while, so that the others must wait. Then it ends.")',
+            's2 = speak("Second cell speaks right after the first one. It also takes a few '
+            'seconds, so that the third one waits too. Then it ends.")',
             's3 = speak("Third cell speaks last, once the second is done.")',
         ],
     )
