@@ -47,7 +47,6 @@ from ._net import RedactingLogger
 from ._version import __version__
 from .endpoints import Endpoint
 from .errors import (
-    AuthenticationError,
     ConnectError,
     ConnectTimeout,
     FishNotebookError,
@@ -55,6 +54,7 @@ from .errors import (
     SessionStateError,
     ValidationError,
     WebSocketError,
+    refused,
 )
 from .options import SocketOptions, StreamSpec, Timeout, build_request
 from .protocol import (
@@ -288,19 +288,9 @@ class AsyncRealtimeStream:
 def _status_error(exc: InvalidStatus, url: str) -> FishNotebookError:
     status = exc.response.status_code
     body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
-    said = f": {body}" if body else ""
-    if status in (401, 403):
-        return AuthenticationError(
-            f"the server at {url} refused the credentials (HTTP {status}){said}. "
-            "Check FISH_API_KEY (or the api_key argument / the local server's --token).",
-            status=status,
-        )
-    if status == 429:
-        return ServerBusyError(
-            f"the server at {url} is rate limiting (HTTP 429){said}: retry later"
-        )
-    return ConnectError(
-        f"the server at {url} refused the WebSocket handshake (HTTP {status}){said}"
+    where = f"the server at {url}"
+    return refused(status, where, body) or ConnectError(
+        f"{where} refused the WebSocket handshake (HTTP {status}){': ' + body if body else ''}"
     )
 
 

@@ -23,6 +23,7 @@ the client only ever passes redacted URLs and server-supplied reasons into them.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "WebSocketError",
+    "refused",
+    "require",
 ]
 
 
@@ -124,3 +127,27 @@ class MissingDependencyError(FishNotebookError, ImportError):
         super().__init__(
             f"{purpose} needs the {package!r} package: pip install 'fish-notebook[{extra}]'"
         )
+
+
+def refused(status: int, where: str, said: str) -> FishNotebookError | None:
+    """The error for an HTTP refusal that means the same on every endpoint (the WebSocket
+    handshake, ``/v1/asr``, ...): refused credentials (401, 403) or a rate limit (429);
+    None for any other status. ``where`` names the server, ``said`` its words (or "")."""
+    said = f": {said}" if said else ""
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{where} refused the credentials (HTTP {status}){said}. Check FISH_API_KEY "
+            "(or the api_key argument / the local server's --token).",
+            status=status,
+        )
+    if status == 429:
+        return ServerBusyError(f"{where} is rate limiting (HTTP 429){said}: retry later")
+    return None
+
+
+def require(module: str, package: str, extra: str, purpose: str) -> Any:
+    """Import an optional dependency, or raise MissingDependencyError naming its extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(package, extra, purpose) from exc

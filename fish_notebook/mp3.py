@@ -20,7 +20,7 @@ import weakref
 from typing import Any
 
 from .audio import SampleAligner, check_pcm_format
-from .errors import MissingDependencyError, ProtocolError, SessionStateError, ValidationError
+from .errors import ProtocolError, SessionStateError, ValidationError, require
 
 __all__ = ["Mp3Encoder", "Mp3RunEncoder", "Mp3StreamDecoder", "encode_mp3"]
 
@@ -32,11 +32,7 @@ _MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 4800
 
 
 def _import_lameenc() -> Any:
-    try:
-        import lameenc
-    except ImportError as exc:
-        raise MissingDependencyError("lameenc", "local", "MP3 encoding") from exc
-    return lameenc
+    return require("lameenc", "lameenc", "local", "MP3 encoding")
 
 
 class Mp3Encoder:
@@ -255,11 +251,7 @@ class _Mp3Framer:
 
 
 def _import_miniaudio() -> Any:
-    try:
-        import miniaudio
-    except ImportError as exc:
-        raise MissingDependencyError("miniaudio", "mp3", "Decoding MP3 to PCM") from exc
-    return miniaudio
+    return require("miniaudio", "miniaudio", "mp3", "Decoding MP3 to PCM")
 
 
 class _Mp3Pipe:

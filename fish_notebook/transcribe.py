@@ -51,14 +51,13 @@ from ._version import __version__
 from .audio import wav_bytes
 from .endpoints import Endpoint
 from .errors import (
-    AuthenticationError,
     ConnectError,
     ConnectTimeout,
     FishNotebookError,
     ProtocolError,
     ReceiveTimeout,
-    ServerBusyError,
     ValidationError,
+    refused,
 )
 
 __all__ = [
@@ -219,14 +218,9 @@ def _said(body: bytes, key: str | None) -> str:
 
 def _status_error(status: int, body: bytes, where: str, key: str | None, size: int) -> Exception:
     said = _said(body, key) or "no message"
-    if status in (401, 403):
-        return AuthenticationError(
-            f"{where} refused the credentials (HTTP {status}): {said}. Check FISH_API_KEY "
-            "(or the api_key argument / the local server's --token).",
-            status=status,
-        )
-    if status == 429:
-        return ServerBusyError(f"{where} is rate limiting (HTTP 429): {said}; retry later")
+    refusal = refused(status, where, said)
+    if refusal is not None:
+        return refusal
     if status in (404, 405):
         return ValidationError(
             "base_url",

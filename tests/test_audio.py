@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import gc
 import io
 import itertools
@@ -412,15 +411,7 @@ def test_mp3_encoder_rejects_bad_options(kwargs: dict[str, int], field: str) -> 
 
 def test_mp3_without_lameenc_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without lameenc, MP3 encoding raises MissingDependencyError naming the local extra."""
-    real_import = builtins.__import__
-
-    def no_lameenc(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "lameenc":
-            raise ImportError("No module named 'lameenc'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.delitem(sys.modules, "lameenc", raising=False)
-    monkeypatch.setattr(builtins, "__import__", no_lameenc)
+    monkeypatch.setitem(sys.modules, "lameenc", None)  # `import lameenc` now fails
     with pytest.raises(MissingDependencyError, match=r"fish-notebook\[local\]"):
         Mp3Encoder(22050)
 
@@ -749,15 +740,7 @@ def test_format_decoder_mp3(miniaudio: Any) -> None:
 
 def test_mp3_decoding_without_miniaudio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without miniaudio, MP3 decoding raises MissingDependencyError naming the mp3 extra."""
-    real_import = builtins.__import__
-
-    def no_miniaudio(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "miniaudio":
-            raise ImportError("No module named 'miniaudio'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.delitem(sys.modules, "miniaudio", raising=False)
-    monkeypatch.setattr(builtins, "__import__", no_miniaudio)
+    monkeypatch.setitem(sys.modules, "miniaudio", None)  # `import miniaudio` now fails
     with pytest.raises(MissingDependencyError, match=r"fish-notebook\[mp3\]"):
         formats.get("mp3").decode_stream(44100)
 
