@@ -177,6 +177,15 @@ class AsyncRealtimeStream:
         self._opened.set()
         return self
 
+    async def warm(self) -> bool:
+        """Open this stream's socket and leave it in the pool for a later stream; the stream
+        itself stays unopened. False when the pool holds one already or reuse is off."""
+        pool = socket_pool()
+        if not self._reuse or pool.holds(self._key):
+            return False
+        pool.put(self._key, await self._connect())
+        return True
+
     async def _connect(self) -> ClientConnection:
         s = self._socket
         with self._foreign_errors():
@@ -605,6 +614,17 @@ class AsyncRealtimeClient(_Client[AsyncIterator[bytes], AsyncIterator[AudioEvent
         await stream.open()
         return stream
 
+    async def warm(
+        self, *, model: str | None = None, timestamps: bool = False, ws_options: Any = None
+    ) -> bool:
+        """Open a socket to where streams with these options go and keep it warm in the
+        pool, so that the next stream's ``start`` skips the handshakes. Nothing is sent on
+        it. Returns False (and opens nothing) when a warm socket is there already or socket
+        reuse is off. Raises what connecting raises (ConnectError, AuthenticationError...).
+        """
+        spec = self._spec(None, model, timestamps, ws_options, {})
+        return await self._new_stream(await self.resolve(), spec).warm()
+
     def stream_events(
         self,
         source: Any,
@@ -659,6 +679,19 @@ class RealtimeClient(_Client[Iterator[bytes], Iterator[AudioEvent]]):
             backend=self._backend,
             reuse_sockets=self.reuse_sockets,
         )
+
+    def warm(
+        self,
+        *,
+        model: str | None = None,
+        timestamps: bool = False,
+        ws_options: Any = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """:meth:`AsyncRealtimeClient.warm` from synchronous code (on the background loop,
+        where this client's streams run). ``timeout`` bounds the whole call."""
+        warming = self.async_client.warm(model=model, timestamps=timestamps, ws_options=ws_options)
+        return _loop.run_sync(warming, timeout)
 
     def close(self) -> None:
         """Mark the client closed. Safe to call twice."""

@@ -117,6 +117,10 @@ class SocketPool:
     def __len__(self) -> int:
         return len(self._idle)
 
+    def holds(self, key: PoolKey) -> bool:
+        """True when an idle socket for ``key`` looks open."""
+        return any(entry.key == key and usable(entry.ws) for entry in self._idle)
+
     def take(self, key: PoolKey) -> ClientConnection | None:
         """An open idle socket for ``key`` (the most recently used), or None."""
         for entry in reversed(self._idle):
