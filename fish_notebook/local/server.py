@@ -38,7 +38,9 @@ at most half a second or ``MAX_AUDIO_PAYLOAD`` bytes of them unless a single wor
 that was encoded; the encoder's tail goes out as an event with no words and no duration.
 
 Plain HTTP on the same port (:mod:`.http`): ``GET /healthz`` answers ``ok``; ``GET
-/v1/voices`` answers ``{"voices": [{"id", "default", "sample_rate"}]}``.
+/v1/voices`` answers ``{"voices": [{"id", "default", "sample_rate"}]}``; ``POST /v1/tts``
+(:mod:`.speech`); ``POST /v1/asr`` (:mod:`.transcription`: Whisper, with the ``listen``
+extra); ``GET /model[/{id}]`` (:mod:`.models`).
 
 HTTP and WebSocket share one port through tornado. Why tornado: websockets' own server
 answers only ``GET`` (no ``POST /v1/tts``); tornado serves both on one port, is one pure
@@ -64,6 +66,7 @@ from .._checks import check_number
 from .._net import is_loopback
 from ..errors import ValidationError
 from ..protocol import LIVE_PATH, LIVE_TIMESTAMP_PATH
+from .asr import Transcriber
 from .connection import Connection
 from .engine import VoiceLibrary
 from .http import Gate, HealthHandler, NotFoundHandler, VoicesHandler, log_access
@@ -73,6 +76,7 @@ from .recorder import Recorder
 from .session import SessionContext
 from .speech import TTS_PATH, TTSHandler
 from .threaded import ThreadedServer
+from .transcription import ASR_PATH, ASR_THREADS, ASRHandler
 from .websocket import SOCKETS_PER_SLOT, LiveSocketHandler
 
 __all__ = ["HEALTH_PATH", "VOICES_PATH", "Admission", "LocalServer", "ThreadedServer"]
@@ -216,6 +220,7 @@ class LocalServer:
         self.recorder: Recorder | None = Recorder() if record else None
         self.gate = Gate(token)
         self.sessions = Admission(max_sessions)
+        self._transcriber: Transcriber | None = None
         self._http: LingeringHTTPServer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = asyncio.Event()
@@ -248,6 +253,13 @@ class LocalServer:
         return SessionContext(
             self.voices, self._pool, self.idle_timeout, self.max_text, self.recorder
         )
+
+    def transcriber(self) -> Transcriber:
+        """The speech recogniser of ``POST /v1/asr``, made on first use; its model loads on
+        its first run. Raises MissingDependencyError without the ``listen`` extra."""
+        if self._transcriber is None:
+            self._transcriber = Transcriber(cpu_threads=ASR_THREADS)
+        return self._transcriber
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -284,6 +296,7 @@ class LocalServer:
                 (f"{HEALTH_PATH}/?", HealthHandler, route),
                 (f"{VOICES_PATH}/?", VoicesHandler, route),
                 (f"{TTS_PATH}/?", TTSHandler, route),
+                (f"{ASR_PATH}/?", ASRHandler, route),
                 (f"{MODEL_PATH}/?", ModelsHandler, route),
                 (f"{MODEL_PATH}/([^/]+)/?", ModelHandler, route),
                 (live, LiveSocketHandler, route),
