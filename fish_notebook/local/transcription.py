@@ -125,7 +125,11 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, Any]:
     """The fields of a multipart body: files as bytes, other fields as text."""
     arguments: dict[str, list[bytes]] = {}
     files: dict[str, list[httputil.HTTPFile]] = {}
-    httputil.parse_body_arguments(content_type, body, arguments, files)
+    try:
+        httputil.parse_body_arguments(content_type, body, arguments, files)
+    except httputil.HTTPInputError as exc:
+        why = str(exc).rsplit(": ", 1)[-1]  # tornado repeats its prefix
+        raise BadAsrRequest(400, f"the body is not valid multipart/form-data: {why}") from exc
     fields: dict[str, Any] = {}
     for name, values in arguments.items():
         fields[name] = values[0].decode("utf-8", "replace")
