@@ -22,12 +22,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from fish_notebook import _loop
+from fish_notebook import _loop, warmup
 from fish_notebook.client import AsyncRealtimeClient, RealtimeClient
 from fish_notebook.errors import WebSocketError
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.websocket import SOCKETS_PER_SLOT
 from fish_notebook.pool import PoolKey, SocketPool, socket_pool
+from fish_notebook.speaking import defaults, speak
 from tests.cloud_double import CloudDouble, Script, samples_per_char
 from tests.helpers import wait_until
 
@@ -471,3 +472,20 @@ def test_sync_and_threaded_use_do_not_mix_loops() -> None:
         thread.join(30)
         assert result and result[0]
         assert len(cloud.connections) == 2
+
+
+def test_load_ext_warm_up_opens_the_socket_the_first_speak_uses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The %load_ext warm-up opens one socket to where speech goes, sends nothing on it,
+    and the first speak() runs its session on that socket."""
+    with CloudDouble() as cloud:
+        monkeypatch.setenv("FISH_API_KEY", cloud.script.api_key)
+        monkeypatch.setattr(defaults, "url", cloud.base_url)
+        warmup._warm()
+        wait_until(lambda: len(cloud.connections) == 1, "the warm socket")
+        assert cloud.connections[0].received == []
+        session = speak("Warm start.", display=False, wait=30)
+        assert session.state == "finished" and session.audio
+        assert len(cloud.connections) == 1
+        assert cloud.connections[0].received[0]["event"] == "start"
