@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     code = code_state()
     payloads: list[bytes] = []
-    from . import capacity, frames, latency, memory
+    from . import capacity, frames, latency, memory, reuse
     from .proxy import DelayProxy
 
     needs_server = wanted & {"1", "2", "3", "4", "6", "7"}
@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                         sync_goal=0.8,
                         warm="1" not in wanted,  # row 1 warmed both clients already
                     ),
+                )
+                run(
+                    "row 2f (socket reuse, 100 ms RTT proxy)",
+                    lambda: [reuse.socket_reuse_row(proxy_url, max(5, 2 * plan.ttfa_repeats))],
                 )
             if "3" in wanted:
                 run(

@@ -1,6 +1,6 @@
-"""Hooks for three rows that wait on parts still being built. None is in the table (nor in
+"""Hooks for two rows that wait on parts still being built. Neither is in the table (nor in
 ``ALL_ROWS``) until it measures something real; each docstring says what it needs and how it
-would be wired in. The two that can run today do (``python -c`` them by hand to try them).
+would be wired in. (Socket reuse, once here, is row 2f: ``reuse.py``.)
 """
 
 from __future__ import annotations
@@ -15,72 +15,6 @@ from fish_notebook.client import AsyncRealtimeClient, build_request
 
 from .common import Row, apaced_at, now
 from .latency import TEN_SENTENCES
-
-READY_TEXT = "Hello there."
-
-# --- socket reuse through the proxy ------------------------------------------------------------
-
-
-def socket_reuse_row(proxy_url: str, repeats: int) -> Row:
-    """Next session on a warm client against a fresh connection, through the 100 ms RTT proxy.
-
-    Ours: one ``AsyncRealtimeClient`` that already finished a session starts the next one;
-    peer: a new client (TCP handshake, then the WebSocket upgrade, each one round trip
-    through ``DelayProxy``), interleaved. The text is ready at once (``"Hello there."``, a
-    str): no LLM think time hides the handshake, as it does in row 2. Clock: from the call to
-    the first audio bytes. A client that reuses its connection saves two round trips (~200
-    ms of ~450 ms): suggested goal <= 0.7x.
-
-    Needs: the client keeping its WebSocket open between streams (connection reuse, being
-    built). Until then both variants connect afresh and the ratio is ~1.0x: nothing to show.
-    Wire-in: in ``__main__``, inside the ``DelayProxy`` block, as row ``2f``
-    (``run("row 2f (socket reuse)", lambda: [pending.socket_reuse_row(proxy_url, n)])``).
-    """
-    warm, fresh = asyncio.run(_reuse_samples(proxy_url, repeats))
-    row = Row(
-        "2f",
-        "TTFA, next session on a warm client, +100 ms RTT (ready text)",
-        "ms",
-        "a fresh client (new connection) on the same text",
-        "<= 0.7x",
-        ours=warm,
-        peer=fresh,
-        scale=1000,
-    )
-    return row.finish(lambda ratio, _m: ratio is not None and ratio <= 0.7)
-
-
-async def _reuse_samples(url: str, repeats: int) -> tuple[list[float], list[float]]:
-    warm_client = AsyncRealtimeClient(base_url=url)
-    warm: list[float] = []
-    fresh: list[float] = []
-    try:
-        await _ready_text_ttfa(warm_client)  # its first session opens the connection
-        for round_ in range(repeats):
-            for kind in ("warm", "fresh") if round_ % 2 == 0 else ("fresh", "warm"):
-                if kind == "warm":
-                    warm.append(await _ready_text_ttfa(warm_client))
-                    continue
-                client = AsyncRealtimeClient(base_url=url)
-                try:
-                    fresh.append(await _ready_text_ttfa(client))
-                finally:
-                    await client.aclose()
-    finally:
-        await warm_client.aclose()
-    return warm, fresh
-
-
-async def _ready_text_ttfa(client: AsyncRealtimeClient) -> float:
-    began = now()
-    first: float | None = None
-    async for _chunk in client.stream_websocket(READY_TEXT, format="pcm"):  # to its end
-        if first is None:
-            first = now()
-    if first is None:
-        raise RuntimeError("no audio")
-    return first - began
-
 
 # --- word error rate of the streamed audio -----------------------------------------------------
 
