@@ -1,114 +1,12 @@
-"""Hooks for two rows that wait on parts still being built. Neither is in the table (nor in
-``ALL_ROWS``) until it measures something real; each docstring says what it needs and how it
-would be wired in. (Socket reuse, once here, is row 2f: ``reuse.py``.)
+"""A hook for a row that waits on parts still being built. It is not in the table (nor in
+``ALL_ROWS``) until it measures something real; its docstring says what it needs and how it
+would be wired in. (Socket reuse, once here, is row 2f: ``reuse.py``; the word error rate
+guard is row 11: ``wer.py``.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-from pathlib import Path
-from typing import Any
-
-from fish_notebook.client import AsyncRealtimeClient, build_request
-
-from .common import Row, apaced_at, now
-from .latency import TEN_SENTENCES
-
-# --- word error rate of the streamed audio -----------------------------------------------------
-
-WHISPER_MODEL_ENV = "BENCH_WHISPER_MODEL"
-
-
-def wer_guard_row(server_url: str, model_dir: str | os.PathLike[str] | None = None) -> Row:
-    """A quality guard: the word error rate of what streaming speaks, against raw Piper's.
-
-    Ours: the ten-sentence answer as LLM-paced tokens through ``AsyncRealtimeClient`` (early
-    flush, the server cutting the text where it does), the streamed pcm joined. Peer: raw
-    Piper speaking the whole text in-process with the same voice. Both are transcribed by
-    faster-whisper (greedy, English, CPU, int8) at 16 kHz; WER against the text, words
-    lowercased without punctuation. Goal: ours <= peer + 2 points (cutting text into pieces
-    must not cost intelligibility).
-
-    Needs: a small Whisper model in CTranslate2 form on disk, shipped by a package or made by
-    the project (runs never download weights): pass ``model_dir`` or set
-    ``BENCH_WHISPER_MODEL``; and faster-whisper declared in the ``dev`` extra (it is installed
-    in the shared venv, not declared). Wire-in: a row ``11`` after row 5, when the model
-    folder exists.
-    """
-    folder = model_dir or os.environ.get(WHISPER_MODEL_ENV)
-    if not folder or not Path(folder).is_dir():
-        raise RuntimeError(
-            f"the WER guard needs a CTranslate2 Whisper model folder ({WHISPER_MODEL_ENV}); "
-            "runs never download weights"
-        )
-    from faster_whisper import WhisperModel
-
-    model = WhisperModel(str(folder), device="cpu", compute_type="int8", local_files_only=True)
-    streamed_pcm, streamed_rate = asyncio.run(_streamed_pcm(server_url, TEN_SENTENCES))
-    raw_pcm, raw_rate = _raw_piper_pcm(TEN_SENTENCES)
-    ours = word_error_rate(TEN_SENTENCES, _transcribe(model, streamed_pcm, streamed_rate))
-    peer = word_error_rate(TEN_SENTENCES, _transcribe(model, raw_pcm, raw_rate))
-    row = Row(
-        "11",
-        "word error rate, streamed answer (faster-whisper)",
-        "%",
-        "raw Piper speaking the whole text, same voice",
-        "<= peer + 2",
-        ours=[ours * 100],
-        peer=[peer * 100],
-    )
-    return row.finish(lambda _r, median: median is not None and median <= peer * 100 + 2)
-
-
-async def _streamed_pcm(url: str, text: str) -> tuple[bytes, int]:
-    client = AsyncRealtimeClient(base_url=url)
-    rate = build_request(format="pcm").effective_sample_rate
-    parts: list[bytes] = []
-    try:
-        tokens = apaced_at(text, now())
-        async for chunk in client.stream_websocket(tokens, format="pcm"):  # to its end
-            parts.append(chunk)
-    finally:
-        await client.aclose()
-    return b"".join(parts), rate
-
-
-def _raw_piper_pcm(text: str) -> tuple[bytes, int]:
-    from fish_notebook.local.engine import VoiceLibrary
-
-    voice = VoiceLibrary().default()
-    return b"".join(chunk.pcm for chunk in voice.synthesize(text)), voice.sample_rate
-
-
-def _transcribe(model: Any, pcm: bytes, rate: int) -> str:
-    import numpy as np
-    import soxr
-
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-    audio = soxr.resample(samples, rate, 16000)
-    segments, _info = model.transcribe(audio, language="en", beam_size=1)
-    return " ".join(segment.text for segment in segments)
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance / reference words (lowercase, punctuation dropped)."""
-
-    def words(text: str) -> list[str]:
-        return re.findall(r"[a-z0-9']+", text.lower())
-
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        current = [i]
-        for j, other in enumerate(hyp, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other))
-            )
-        previous = current
-    return previous[-1] / max(1, len(ref))
-
+from .common import Row
 
 # --- first sound in the page -------------------------------------------------------------------
 
