@@ -2,7 +2,7 @@
 
 ``--quick`` runs fewer repeats and skips the sync-face rows, the what-if rows and the
 profiles (a few minutes); the full run takes ten minutes or more. ``--rows 1,4`` runs a
-subset (``1``-``11``, ``mp3``). Results go to ``bench/results/<timestamp>.json`` and
+subset (``1``-``12``, ``mp3``). Results go to ``bench/results/<timestamp>.json`` and
 ``latest.json`` (plus ``latest.md``, the table as Markdown, and the profiles as
 ``<timestamp>.profile-rowN.txt``); quick runs write ``<timestamp>-quick.json``,
 ``latest-quick.json`` and ``latest-quick.md``.
@@ -57,6 +57,7 @@ class Plan:
     voice_repeats: int  # rows 10a-10c: turns, transcriptions, barge-ins
     microphone_seconds: float  # row 10d: seconds of silent frames per sample
     wer_passes: int  # row 11: passes over the texts
+    page_repeats: int  # row 12: runs of each cell in the page
 
 
 FULL = Plan(
@@ -78,6 +79,7 @@ FULL = Plan(
     voice_repeats=5,
     microphone_seconds=10.0,
     wer_passes=2,
+    page_repeats=3,
 )
 QUICK = Plan(
     ttfa_repeats=2,
@@ -98,11 +100,12 @@ QUICK = Plan(
     voice_repeats=2,
     microphone_seconds=10.0,
     wer_passes=1,
+    page_repeats=1,
 )
 
 SERVER_SESSIONS = 32  # room on the shared child server (row 6 never asks for more)
 
-ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "mp3")
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "mp3")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import capacity, frames, latency, memory, reuse
     from .proxy import DelayProxy
 
-    needs_server = wanted & {"1", "2", "3", "4", "6", "7", "10", "11"}
+    needs_server = wanted & {"1", "2", "3", "4", "6", "7", "10", "11", "12"}
     with child_server(SERVER_SESSIONS) if needs_server else _nothing() as server:
         if "1" in wanted:
             run(
@@ -218,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             run(
                 "row 11 (quality guard: word error rate)",
                 lambda: wer.wer_rows(server.url, plan.wer_passes),
+            )
+        if "12" in wanted:
+            from . import page
+
+            run(
+                "row 12 (first sound in the page)",
+                lambda: [page.page_first_sound_row(server.url, plan.page_repeats)],
             )
     if "5" in wanted:
         run("row 5 (server flush vs raw Piper)", lambda: [capacity.flush_row(plan.flush_repeats)])
