@@ -2,7 +2,7 @@
 
 ``--quick`` runs fewer repeats and skips the sync-face rows, the what-if rows and the
 profiles (a few minutes); the full run takes ten minutes or more. ``--rows 1,4`` runs a
-subset (``1``-``9``, ``mp3``). Results go to ``bench/results/<timestamp>.json`` and
+subset (``1``-``12``, ``mp3``). Results go to ``bench/results/<timestamp>.json`` and
 ``latest.json`` (plus ``latest.md``, the table as Markdown, and the profiles as
 ``<timestamp>.profile-rowN.txt``); quick runs write ``<timestamp>-quick.json``,
 ``latest-quick.json`` and ``latest-quick.md``.
@@ -54,6 +54,10 @@ class Plan:
     what_if_repeats: int
     profiles: bool
     kernel_rounds: int
+    voice_repeats: int  # rows 10a-10c: turns, transcriptions, barge-ins
+    microphone_seconds: float  # row 10d: seconds of silent frames per sample
+    wer_passes: int  # row 11: passes over the texts
+    page_repeats: int  # row 12: runs of each cell in the page
 
 
 FULL = Plan(
@@ -72,6 +76,10 @@ FULL = Plan(
     what_if_repeats=5,
     profiles=True,
     kernel_rounds=3,
+    voice_repeats=5,
+    microphone_seconds=10.0,
+    wer_passes=2,
+    page_repeats=3,
 )
 QUICK = Plan(
     ttfa_repeats=2,
@@ -89,11 +97,15 @@ QUICK = Plan(
     what_if_repeats=0,
     profiles=False,
     kernel_rounds=1,
+    voice_repeats=2,
+    microphone_seconds=10.0,
+    wer_passes=1,
+    page_repeats=1,
 )
 
 SERVER_SESSIONS = 32  # room on the shared child server (row 6 never asks for more)
 
-ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "mp3")
+ALL_ROWS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "mp3")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     code = code_state()
     payloads: list[bytes] = []
-    from . import capacity, frames, latency, memory
+    from . import capacity, frames, latency, memory, reuse
     from .proxy import DelayProxy
 
-    needs_server = wanted & {"1", "2", "3", "4", "6", "7"}
+    needs_server = wanted & {"1", "2", "3", "4", "6", "7", "10", "11", "12"}
     with child_server(SERVER_SESSIONS) if needs_server else _nothing() as server:
         if "1" in wanted:
             run(
@@ -158,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                         sync_goal=0.8,
                         warm="1" not in wanted,  # row 1 warmed both clients already
                     ),
+                )
+                run(
+                    "row 2f (socket reuse, 100 ms RTT proxy)",
+                    lambda: [reuse.socket_reuse_row(proxy_url, max(5, 2 * plan.ttfa_repeats))],
                 )
             if "3" in wanted:
                 run(
@@ -196,6 +212,22 @@ def main(argv: list[str] | None = None) -> int:
                         max_sessions=SERVER_SESSIONS,
                     )
                 ],
+            )
+        if "10" in wanted:
+            voice_rows(run, server.url, plan)
+        if "11" in wanted:
+            from . import wer
+
+            run(
+                "row 11 (quality guard: word error rate)",
+                lambda: wer.wer_rows(server.url, plan.wer_passes),
+            )
+        if "12" in wanted:
+            from . import page
+
+            run(
+                "row 12 (first sound in the page)",
+                lambda: [page.page_first_sound_row(server.url, plan.page_repeats)],
             )
     if "5" in wanted:
         run("row 5 (server flush vs raw Piper)", lambda: [capacity.flush_row(plan.flush_repeats)])
@@ -248,6 +280,27 @@ def main(argv: list[str] | None = None) -> int:
     if plan.profiles and not args.no_profile:
         write_profiles(args.out, stamp, wanted, payloads)
     return 0
+
+
+def voice_rows(run: Callable[[str, Callable[[], list[Row]]], None], url: str, plan: Plan) -> None:
+    """Rows 10a-10d (``voice.py``), each on its own so that one failing leaves the others."""
+    from . import voice
+
+    question, interruption = voice.utterances()
+    repeats = plan.voice_repeats
+    run(
+        "row 10a (voice to voice, all local)",
+        lambda: [voice.voice_to_voice_row(url, repeats, question)],
+    )
+    run("row 10b (ASR through POST /v1/asr)", lambda: [voice.asr_row(url, repeats, question)])
+    run(
+        "row 10c (barge-in, kernel side)",
+        lambda: [voice.barge_in_row(url, repeats, question, interruption)],
+    )
+    run(
+        "row 10d (microphone path CPU)",
+        lambda: [voice.microphone_cpu_row(url, max(1, repeats // 2), plan.microphone_seconds)],
+    )
 
 
 def write_profiles(out: Path, stamp: str, wanted: set[str], payloads: list[bytes]) -> None:

@@ -197,7 +197,7 @@ class _Collect:
 def ours_session(url: str, command: str) -> Arrivals:
     listener = _Collect(command.startswith("paced"))
     session = Session(command, base_url=url, start=False)
-    session.add_listener(listener)  # type: ignore[arg-type]
+    session.add_listener(listener)
     session.start()
     session.wait(120)
     return listener.out

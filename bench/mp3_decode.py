@@ -23,6 +23,7 @@ Usage: python bench/mp3_decode.py [--seconds S] [--repeats N]
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import statistics
@@ -75,6 +76,11 @@ class Run:
     speed: float  # x real time
     feed_ms: list[float]
     held_ms: list[float]
+
+
+def _pcm_seconds(fed: int, rate: int) -> float:
+    """Seconds of 16-bit mono pcm in ``fed`` bytes."""
+    return fed / 2 / rate
 
 
 def run_decoder(
@@ -149,7 +155,7 @@ def main() -> None:
                 run = run_decoder(
                     label,
                     f"{desc} ({size} B)",
-                    lambda r=out_rate: Mp3StreamDecoder(r),
+                    functools.partial(Mp3StreamDecoder, out_rate),
                     chunked(mp3, size),
                     seconds,
                     out_rate,
@@ -166,11 +172,11 @@ def main() -> None:
                 run = run_decoder(
                     f"pcm {stream_rate // 1000}k passthrough",
                     f"{pcm_chunk} B (= 4 KiB mp3)",
-                    lambda r=stream_rate: PcmDecoder(r),
+                    functools.partial(PcmDecoder, stream_rate),
                     chunked(pcm, pcm_chunk),
                     len(pcm) / 2 / stream_rate,
                     stream_rate,
-                    lambda fed, r=stream_rate: fed / 2 / r,
+                    functools.partial(_pcm_seconds, rate=stream_rate),
                 )
                 best = run if best is None or run.speed > best.speed else best
             assert best is not None

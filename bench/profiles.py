@@ -54,7 +54,7 @@ class AllThreads:
 
     def __exit__(self, *exc_info: object) -> None:
         self._main.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
 
     def report(self, title: str) -> str:
         stream = io.StringIO()

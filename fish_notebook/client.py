@@ -57,6 +57,7 @@ from .errors import (
     refused,
 )
 from .options import SocketOptions, StreamSpec, Timeout, build_request
+from .pool import PoolKey, socket_pool, usable
 from .protocol import (
     DEFAULT_MODEL,
     AudioEvent,
@@ -88,6 +89,8 @@ __all__ = [
 logger = logging.getLogger("fish_notebook.client")
 
 _UNSET: Any = object()
+#: Most bytes of frames kept to send again when a reused socket turns out closed.
+MAX_REPLAY_BYTES = 1024 * 1024
 
 
 # --- the stream ----------------------------------------------------------------------------
@@ -99,7 +102,14 @@ class AsyncRealtimeStream:
     Get one from :meth:`AsyncRealtimeClient.connect`. Send with :meth:`send_text`,
     :meth:`flush` and :meth:`stop`; read typed events by iterating (``async for event in
     stream``): :class:`~fish_notebook.protocol.AudioEvent`, ``LogEvent``, ``UnknownEvent`` and
-    finally ``FinishEvent`` (reason ``stop``), after which iteration ends and the socket closes.
+    finally ``FinishEvent`` (reason ``stop``), after which iteration ends.
+
+    Socket reuse (``reuse=True``, the default): the stream takes a warm socket from the
+    loop's :class:`~fish_notebook.pool.SocketPool` when one is there, and after a clean
+    ``finish`` puts its socket back instead of closing it. If a reused socket closes before
+    the server has answered anything (the server closed it between sessions, or it died),
+    the stream connects anew once and sends its frames again (at most
+    :data:`MAX_REPLAY_BYTES`): the caller sees no error. Any other end closes the socket.
 
     A failed stream raises, from the iteration: WebSocketError (finish reason=error, an error
     event, socket closed without finish), ServerBusyError, ReceiveTimeout, ProtocolError.
@@ -116,19 +126,27 @@ class AsyncRealtimeStream:
         headers: Mapping[str, str],
         timeout: Timeout,
         log: logging.LoggerAdapter[logging.Logger],
+        reuse: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.request = spec.request
         self.model = spec.model
         self.timestamps = spec.timestamps
         self.url = endpoint.ws_url(timestamps=spec.timestamps)
+        self.reused = False  # True when the stream runs on a socket a finished session left
         self._socket = spec.socket
         self._headers = dict(headers)
         self._timeout = timeout
         self._log = log
+        self._reuse = reuse
+        self._key = PoolKey.of(self.url, self._headers, (spec.socket, timeout.close))
         self._protocol = RealtimeProtocol(spec.request)
         self._ws: ClientConnection | None = None
         self._opened = asyncio.Event()  # set once start is sent, or on close
+        self._sending = asyncio.Lock()  # one frame at a time; a reconnection goes between
+        # Frames sent on a reused socket before the server answered, to send again on a new
+        # one if that socket turns out closed. None: no reconnection (fresh, or answered).
+        self._replay: list[bytes] | None = None
 
     def __repr__(self) -> str:
         where = self.endpoint.safe_base
@@ -144,11 +162,34 @@ class AsyncRealtimeStream:
         return self._protocol.finish
 
     async def open(self) -> AsyncRealtimeStream:
-        """Connect, handshake and send ``start``. Bounded by ``timeout.connect``."""
+        """Connect (or take a warm socket), handshake and send ``start``. Bounded by
+        ``timeout.connect``."""
         self._protocol.connecting()
+        ws = socket_pool().take(self._key) if self._reuse else None
+        if ws is not None:
+            self.reused, self._replay = True, []
+        self._ws = ws or await self._connect()
+        try:
+            await self._transmit(self._protocol.opened())
+        except BaseException:
+            await self.aclose()  # closed while connecting, or start could not go out
+            raise
+        self._opened.set()
+        return self
+
+    async def warm(self) -> bool:
+        """Open this stream's socket and leave it in the pool for a later stream; the stream
+        itself stays unopened. False when the pool holds one already or reuse is off."""
+        pool = socket_pool()
+        if not self._reuse or pool.holds(self._key):
+            return False
+        pool.put(self._key, await self._connect())
+        return True
+
+    async def _connect(self) -> ClientConnection:
         s = self._socket
         with self._foreign_errors():
-            self._ws = await websockets.connect(
+            return await websockets.connect(
                 self.url,
                 additional_headers=self._headers,
                 user_agent_header=f"fish-notebook/{__version__}",
@@ -162,13 +203,6 @@ class AsyncRealtimeStream:
                 proxy=None if self.endpoint.is_loopback else True,
                 logger=self._log,
             )
-        try:
-            await self._transmit(self._protocol.opened())
-        except BaseException:
-            await self.aclose()  # closed while connecting, or start could not go out
-            raise
-        self._opened.set()
-        return self
 
     async def send_text(self, text: str) -> None:
         """Append text to the server's buffer. Empty text is not sent."""
@@ -199,10 +233,47 @@ class AsyncRealtimeStream:
     async def _transmit(self, event: ClientEvent | None) -> None:
         if event is None:
             return
-        if self._ws is None:  # the protocol allowed it, so only a bug gets here
-            raise SessionStateError("the stream has no socket; open it first")
-        with self._foreign_errors():
-            await self._ws.send(pack(event))
+        frame = pack(event)
+        async with self._sending:
+            ws = self._ws
+            if ws is None:  # the protocol allowed it, so only a bug gets here
+                raise SessionStateError("the stream has no socket; open it first")
+            self._keep_for_replay(frame)
+            with self._foreign_errors():
+                try:
+                    await ws.send(frame)
+                except ConnectionClosed:
+                    if not await self._reconnect(ws):  # the frame goes with the replay
+                        raise
+
+    def _keep_for_replay(self, frame: bytes) -> None:
+        if self._replay is None:
+            return
+        if sum(map(len, self._replay)) + len(frame) > MAX_REPLAY_BYTES:
+            self._replay = None  # too much to send again: no reconnection
+        else:
+            self._replay.append(frame)
+
+    async def _reconnect(self, ws: ClientConnection) -> bool:
+        """``ws`` closed. Reconnect once if it was a reused socket the server let go of before
+        answering this session (a normal close, or no close frame), and send again what went
+        out on it. False when that does not apply. Call it holding ``_sending``."""
+        if self._ws is not ws:
+            return self._ws is not None  # the other task reconnected already
+        received = ws.protocol.close_rcvd
+        if self._replay is None or (received is not None and received.code not in (1000, 1001)):
+            return False
+        frames, self._replay = self._replay, None
+        self._log.debug("the reused socket was closed before the session began: reconnecting")
+        self._ws = None
+        new = await self._connect()
+        if self._protocol.state is StreamState.CLOSED:  # closed meanwhile: not ours to keep
+            await new.close()
+            return False
+        self._ws = new
+        for frame in frames:
+            await new.send(frame)
+        return True
 
     async def receive(self) -> ServerEvent | None:
         """The next event, or None once the stream has finished cleanly or was closed."""
@@ -210,14 +281,37 @@ class AsyncRealtimeStream:
             return None
         try:
             with self._foreign_errors():
-                frame = await self._recv_frame(self._ws)
+                frame = await self._next_frame()
             event = self._protocol.receive_frame(frame, time.monotonic())
         except FishNotebookError:
             await self.aclose()
             raise
+        self._replay = None  # the server answered on this socket: it is ours now
         if self._protocol.state is StreamState.CLOSED:
-            await self.aclose()  # finish: the stream is over
+            await self._release()  # finish: the stream is over
         return event
+
+    async def _next_frame(self) -> bytes | str:
+        """The next frame; a reused socket closed before the server answered is replaced."""
+        while True:
+            ws = self._ws
+            if ws is None:
+                raise SessionStateError("the stream has no socket; open it first")
+            try:
+                return await self._recv_frame(ws)
+            except ConnectionClosed:
+                async with self._sending:
+                    if not await self._reconnect(ws):
+                        raise
+
+    async def _release(self) -> None:
+        """After ``finish``: a clean one leaves the socket in the pool, anything else closes it."""
+        finish, ws = self._protocol.finish, self._ws
+        clean = finish is not None and finish.reason == "stop"
+        if self._reuse and clean and ws is not None and usable(ws):
+            self._ws = None
+            socket_pool().put(self._key, ws)
+        await self.aclose()
 
     async def _recv_frame(self, ws: ClientConnection) -> bytes | str:
         """One frame, bounded by ``timeout.receive`` while audio is owed.
@@ -338,6 +432,7 @@ class _Client(Generic[_Audio, _Events]):
         model: str = DEFAULT_MODEL,
         timeout: Timeout | float | None = _UNSET,
         backend: str = "auto",
+        reuse_sockets: bool = True,
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ValidationError("api_key", type(api_key).__name__, "must be a str or None")
@@ -351,6 +446,7 @@ class _Client(Generic[_Audio, _Events]):
         endpoints.plan(base_url, self._api_key, backend)  # validate now, fail early
         self.model = model
         self.timeout = Timeout() if timeout is _UNSET else Timeout.coerce(timeout)
+        self.reuse_sockets = bool(reuse_sockets)
         self._state = _ClientState.OPEN
         self._log = RedactingLogger(logger, self._api_key)
 
@@ -451,8 +547,9 @@ class _Client(Generic[_Audio, _Events]):
     def _new_stream(self, endpoint: Endpoint, spec: StreamSpec) -> AsyncRealtimeStream:
         headers = self._headers(spec.model, endpoint)
         return AsyncRealtimeStream(
-            endpoint, spec, headers=headers, timeout=self.timeout, log=self._log
-        )
+            endpoint, spec, headers=headers, timeout=self.timeout, log=self._log,
+            reuse=self.reuse_sockets,
+        )  # fmt: skip
 
     def _headers(self, model: str, endpoint: Endpoint | None = None) -> dict[str, str]:
         headers = {"model": model}
@@ -467,7 +564,7 @@ class _Client(Generic[_Audio, _Events]):
 
 
 class AsyncRealtimeClient(_Client[AsyncIterator[bytes], AsyncIterator[AudioEvent]]):
-    """Async realtime TTS client. Holds configuration only; each stream is its own socket.
+    """Async realtime TTS client. Holds configuration only; streams share warm sockets.
 
     Args:
         api_key: Fish Audio API key; defaults to ``FISH_API_KEY``. Sent as a bearer token,
@@ -479,6 +576,11 @@ class AsyncRealtimeClient(_Client[AsyncIterator[bytes], AsyncIterator[AudioEvent
         backend: ``"auto"`` (the order in :mod:`fish_notebook.endpoints`), ``"local"`` (the
             embedded server whatever the environment says; no key is ever sent to it) or
             ``"cloud"``; an explicit ``base_url`` wins over it.
+        reuse_sockets: keep a stream's socket open after a clean ``finish`` and run a later
+            stream on it (another ``start`` on the same socket, as Fish allows), skipping
+            the handshakes. The warm sockets are shared by every client of the process on
+            the same event loop with the same URL, headers and socket options
+            (:mod:`fish_notebook.pool`). False: every stream opens and closes its own.
     """
 
     def _iterate(self, chunks: AsyncIterator[Any]) -> Any:
@@ -504,6 +606,17 @@ class AsyncRealtimeClient(_Client[AsyncIterator[bytes], AsyncIterator[AudioEvent
         stream = self._new_stream(await self.resolve(), spec)
         await stream.open()
         return stream
+
+    async def warm(
+        self, *, model: str | None = None, timestamps: bool = False, ws_options: Any = None
+    ) -> bool:
+        """Open a socket to where streams with these options go and keep it warm in the
+        pool, so that the next stream's ``start`` skips the handshakes. Nothing is sent on
+        it. Returns False (and opens nothing) when a warm socket is there already or socket
+        reuse is off. Raises what connecting raises (ConnectError, AuthenticationError...).
+        """
+        spec = self._spec(None, model, timestamps, ws_options, {})
+        return await self._new_stream(await self.resolve(), spec).warm()
 
     def stream_events(
         self,
@@ -561,7 +674,21 @@ class RealtimeClient(_Client[Iterator[bytes], Iterator[AudioEvent]]):
             model=self.model,
             timeout=self.timeout,
             backend=self._backend,
+            reuse_sockets=self.reuse_sockets,
         )
+
+    def warm(
+        self,
+        *,
+        model: str | None = None,
+        timestamps: bool = False,
+        ws_options: Any = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """:meth:`AsyncRealtimeClient.warm` from synchronous code (on the background loop,
+        where this client's streams run). ``timeout`` bounds the whole call."""
+        warming = self.async_client.warm(model=model, timestamps=timestamps, ws_options=ws_options)
+        return _loop.run_sync(warming, timeout)
 
     def close(self) -> None:
         """Mark the client closed. Safe to call twice."""

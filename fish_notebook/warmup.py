@@ -7,6 +7,10 @@ daemon thread:
 
 - the embedded server (found or started: :mod:`fish_notebook._local_process`), when that is
   where speech will go (nothing is started for the cloud or an explicit URL);
+- one WebSocket to where speech will go, kept warm in the socket pool
+  (:mod:`fish_notebook.pool`) so that the first ``speak()`` skips the handshakes: opened
+  once the embedded server is ready, with the headers ``speak()`` will send (it idles out
+  after the pool's idle time if no speech comes);
 - the import of the player and its widget libraries.
 
 ``import fish_notebook`` alone does none of this: a library import stays light. Nothing here
@@ -21,12 +25,14 @@ import logging
 import os
 import threading
 
-from . import endpoints
-from .speaking import defaults
+from . import _loop, endpoints
+from .speaking import defaults, make_client
 
 __all__ = ["WARMUP_ENV", "start_warmup"]
 
 WARMUP_ENV = "FISH_NOTEBOOK_WARMUP"
+#: Longest wait for the warm socket's handshake.
+SOCKET_TIMEOUT = 10.0
 logger = logging.getLogger("fish_notebook.warmup")
 
 
@@ -43,6 +49,15 @@ def _warm() -> None:
     try:
         if endpoints.plan(defaults.url, None, defaults.backend) is None:
             endpoints.resolve(defaults.url, None, defaults.backend)  # starts or finds the server
+        _warm_socket()
         importlib.import_module("fish_notebook.widget")
     except Exception as exc:  # the first real speech says what is wrong, with advice
         logger.debug("warm-up did not complete: %s", exc)
+
+
+def _warm_socket() -> None:
+    """One socket in the pool of the loop that ``speak()``'s sessions run on."""
+    try:
+        _loop.run_sync(make_client().warm(), SOCKET_TIMEOUT)
+    except Exception as exc:  # the import of the player still goes ahead
+        logger.debug("no warm socket: %s", exc)

@@ -443,6 +443,13 @@ class Transcriber:
         prepared = prepare_audio(
             audio, sample_rate=sample_rate, max_seconds=self.max_seconds, max_bytes=self.max_bytes
         )
+        return self.recognize(prepared, language, timestamps)
+
+    def recognize(
+        self, prepared: PreparedAudio, language: str | None = None, timestamps: bool = True
+    ) -> ASRResponse:
+        """:meth:`transcribe` for audio already checked by :func:`prepare_audio`: the model
+        work alone (a server checks the upload first, then waits for a core)."""
         code = self._language(language)
         pieces, _info = self._whisper().transcribe(
             prepared.samples,

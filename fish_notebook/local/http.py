@@ -9,24 +9,35 @@
   (not secret; a browser panel may read them).
 - Errors are JSON ``{"status": 4xx, "message": "..."}`` (the Fish SDK reads ``message``),
   except the plain-text 401 and 404 above.
+- :class:`BodyHandler` reads a POST body as it streams, bounded in size (413, from the
+  ``Content-Length`` or as it arrives) and in time (408 past ``idle_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from tornado.web import RequestHandler
+from tornado.web import RequestHandler, stream_request_body
 
 from .._net import RedactingLogger
 from ..protocol import LIVE_PATH
+from .output import clipped
 
 if TYPE_CHECKING:
     from .server import LocalServer
 
-__all__ = ["Gate", "HealthHandler", "JsonHandler", "NotFoundHandler", "VoicesHandler"]
+__all__ = [
+    "BodyHandler",
+    "Gate",
+    "HealthHandler",
+    "JsonHandler",
+    "NotFoundHandler",
+    "VoicesHandler",
+]
 
 logger = logging.getLogger("fish_notebook.local.http")
 
@@ -119,6 +130,65 @@ class JsonHandler(RequestHandler):
         if error is not None and getattr(error, "log_message", None):
             message = error.log_message % error.args if error.args else error.log_message
         self.send_json({"status": status_code, "message": message}, status_code)
+
+
+@stream_request_body
+class BodyHandler(JsonHandler):
+    """A POST whose body streams in, bounded: at most :meth:`max_body` bytes (413, from the
+    ``Content-Length`` or as it arrives), whole within ``idle_timeout`` (408). ``post`` reads
+    :attr:`body`; :meth:`fail` answers a 4xx JSON message at any point."""
+
+    def max_body(self) -> int:
+        """Largest body accepted, in bytes."""
+        return self.server.max_frame_size
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.answered:
+            return
+        self.body = bytearray()
+        self.body_read = False
+        self.gone = False  # the client left
+        limit = self.max_body()
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self.fail(413, f"the body is larger than {limit} bytes")
+            return
+        loop = asyncio.get_running_loop()
+        self._slow = loop.call_later(self.server.idle_timeout, self._too_slow)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.answered:
+            return
+        self.body += chunk
+        if len(self.body) > self.max_body():
+            self.fail(413, f"the body is larger than {self.max_body()} bytes")
+
+    def _too_slow(self) -> None:
+        if not self.answered:
+            self.fail(408, f"the body did not arrive within {self.server.idle_timeout:g}s")
+
+    def body_complete(self) -> None:
+        """Call first in ``post``: the whole body is here."""
+        self._slow.cancel()
+        self.body_read = True
+
+    def fail(self, status: int, message: str) -> None:
+        """Answer ``status`` with a JSON message now (the rest of the body is not read)."""
+        logger.info("%s %s refused (%d): %s", self.request.method, self.request.path, status,
+                    clipped(message))  # fmt: skip
+        if not self.body_read:  # tornado closes the connection after this answer
+            self.set_header("Connection", "close")
+        self.send_json({"status": status, "message": clipped(message)}, status)
+
+    def on_finish(self) -> None:
+        slow = getattr(self, "_slow", None)
+        if slow is not None:
+            slow.cancel()
+
+    def on_connection_close(self) -> None:
+        self.gone = True
 
 
 class HealthHandler(JsonHandler):

@@ -7,7 +7,9 @@ frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``
 - Each sentence is spoken as soon as it is complete (see :mod:`.chunker`), and its audio
   is sent as soon as it is synthesized; ``flush`` speaks the buffer now.
 - ``finish`` (reason ``stop``) comes only after the client's ``stop`` and after all the
-  audio, also for a session with no text; then the socket closes.
+  audio, also for a session with no text; then the socket stays open for another
+  ``start`` (see :mod:`.websocket`: several sessions per socket, an idle socket between
+  sessions closed after ``idle_timeout``).
 - Synthesis runs in a thread pool with one slot per allowed session, so reading frames,
   answering pings, flushes and other sessions never wait for a synthesis. A session's
   pieces are synthesized and sent in order. Sessions share the cores earliest deadline
@@ -17,8 +19,10 @@ frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``
   idle client ends *that* session with ``finish`` reason ``error`` and a ``message``
   (also sent as a ``log`` event and logged); every other session goes on.
 - Safe defaults: bound to 127.0.0.1; an optional bearer token (HTTP 401 without it); at
-  most ``max_sessions`` sessions (one more gets an ``error`` event with
-  ``max_concurrency`` and is closed, never queued); bounded frame size, HTTP body size
+  most ``max_sessions`` sessions in progress, counted from ``start`` to ``finish`` (one
+  more ``start`` gets an ``error`` event with ``max_concurrency`` and is closed, never
+  queued; a socket open between sessions holds no slot, and at most four sockets per
+  session slot may be open); bounded frame size, HTTP body size
   and buffered text; idle sessions and slow HTTP senders closed; a WebSocket handshake
   from a browser page of another origin refused (403). A non-loopback host needs a token
   unless ``allow_insecure``.
@@ -34,7 +38,9 @@ at most half a second or ``MAX_AUDIO_PAYLOAD`` bytes of them unless a single wor
 that was encoded; the encoder's tail goes out as an event with no words and no duration.
 
 Plain HTTP on the same port (:mod:`.http`): ``GET /healthz`` answers ``ok``; ``GET
-/v1/voices`` answers ``{"voices": [{"id", "default", "sample_rate"}]}``.
+/v1/voices`` answers ``{"voices": [{"id", "default", "sample_rate"}]}``; ``POST /v1/tts``
+(:mod:`.speech`); ``POST /v1/asr`` (:mod:`.transcription`: Whisper, with the ``listen``
+extra); ``GET /model[/{id}]`` (:mod:`.models`).
 
 HTTP and WebSocket share one port through tornado. Why tornado: websockets' own server
 answers only ``GET`` (no ``POST /v1/tts``); tornado serves both on one port, is one pure
@@ -60,6 +66,7 @@ from .._checks import check_number
 from .._net import is_loopback
 from ..errors import ValidationError
 from ..protocol import LIVE_PATH, LIVE_TIMESTAMP_PATH
+from .asr import Transcriber
 from .connection import Connection
 from .engine import VoiceLibrary
 from .http import Gate, HealthHandler, NotFoundHandler, VoicesHandler, log_access
@@ -69,7 +76,8 @@ from .recorder import Recorder
 from .session import SessionContext
 from .speech import TTS_PATH, TTSHandler
 from .threaded import ThreadedServer
-from .websocket import LiveSocketHandler
+from .transcription import ASR_PATH, ASR_THREADS, ASRHandler
+from .websocket import SOCKETS_PER_SLOT, LiveSocketHandler
 
 __all__ = ["HEALTH_PATH", "VOICES_PATH", "Admission", "LocalServer", "ThreadedServer"]
 
@@ -84,18 +92,33 @@ PING_INTERVAL = PING_TIMEOUT = 20.0
 
 
 class Admission:
-    """At most ``limit`` sessions at once, counted from start to ``finish``; their tasks.
+    """At most ``limit`` sessions at once, counted from ``start`` to ``finish``; at most
+    ``SOCKETS_PER_SLOT * limit`` WebSocket connections open (busy or between sessions);
+    the tasks that serve them.
 
-    A session past the limit is refused at once, never queued.
+    A session or a connection past its limit is refused at once, never queued.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.sockets = 0
+        self.max_sockets = SOCKETS_PER_SLOT * limit
         self._tasks: dict[asyncio.Task[None], Connection] = {}
 
     def __repr__(self) -> str:
-        return f"Admission(active={self.active}, limit={self.limit})"
+        return f"Admission(active={self.active}, limit={self.limit}, sockets={self.sockets})"
+
+    def connect(self) -> bool:
+        """Count a new WebSocket connection; False when ``max_sockets`` are open."""
+        if self.sockets >= self.max_sockets:
+            return False
+        self.sockets += 1
+        return True
+
+    def disconnect(self) -> None:
+        """A connection counted by :meth:`connect` has ended."""
+        self.sockets -= 1
 
     def try_open(self) -> bool:
         """Take a slot; False when all are taken."""
@@ -144,10 +167,12 @@ class LocalServer:
         port: Port to bind; 0 picks a free one (read :attr:`port` after start).
         token: When set, every WebSocket and ``/v1/voices`` request must carry
             ``Authorization: Bearer <token>``; others get HTTP 401. Never logged.
-        max_sessions: Sessions served at once; one more gets an ``error`` event.
+        max_sessions: Sessions served at once (from ``start`` to ``finish``, WebSocket and
+            HTTP alike); one more gets an ``error`` event (HTTP 429).
         voices_dir: A folder of extra Piper voices (``NAME.onnx`` + ``NAME.onnx.json``).
         idle_timeout: Seconds a session may send nothing while nothing is being spoken, or
-            read nothing while audio waits for it (then the connection is dropped).
+            read nothing while audio waits for it (then the connection is dropped); also
+            how long a socket may wait between sessions before it is closed.
         max_frame_size: Largest client frame in bytes (the connection closes with 1009).
         max_text: Most characters of text a session may have waiting to be spoken.
         record: Keep a :class:`~.recorder.Recorder` of every session (for tests).
@@ -195,6 +220,7 @@ class LocalServer:
         self.recorder: Recorder | None = Recorder() if record else None
         self.gate = Gate(token)
         self.sessions = Admission(max_sessions)
+        self._transcriber: Transcriber | None = None
         self._http: LingeringHTTPServer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = asyncio.Event()
@@ -227,6 +253,13 @@ class LocalServer:
         return SessionContext(
             self.voices, self._pool, self.idle_timeout, self.max_text, self.recorder
         )
+
+    def transcriber(self) -> Transcriber:
+        """The speech recogniser of ``POST /v1/asr``, made on first use; its model loads on
+        its first run. Raises MissingDependencyError without the ``listen`` extra."""
+        if self._transcriber is None:
+            self._transcriber = Transcriber(cpu_threads=ASR_THREADS)
+        return self._transcriber
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -263,6 +296,7 @@ class LocalServer:
                 (f"{HEALTH_PATH}/?", HealthHandler, route),
                 (f"{VOICES_PATH}/?", VoicesHandler, route),
                 (f"{TTS_PATH}/?", TTSHandler, route),
+                (f"{ASR_PATH}/?", ASRHandler, route),
                 (f"{MODEL_PATH}/?", ModelsHandler, route),
                 (f"{MODEL_PATH}/([^/]+)/?", ModelHandler, route),
                 (live, LiveSocketHandler, route),

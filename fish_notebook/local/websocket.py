@@ -1,9 +1,23 @@
 """The realtime endpoints on tornado: a WebSocket handler and the session's connection.
 
-:class:`LiveSocketHandler` serves ``/v1/tts/live`` and ``/v1/tts/live/with-timestamp``: it
-refuses a session past the limit (the cloud's ``error`` event with ``max_concurrency``,
-then close code 1013, never a queue) and runs a :class:`~.session.LiveSession` over a
-:class:`TornadoConnection` otherwise. What tornado does not do the way a client needs it:
+:class:`LiveSocketHandler` serves ``/v1/tts/live`` and ``/v1/tts/live/with-timestamp``.
+One socket carries several sessions in turn, as Fish documents for the cloud ("after a
+``finish`` you may send another ``start`` to run a new session on the same socket"):
+
+- Each ``start`` takes a session slot, given back when that session's ``finish`` goes out.
+  A ``start`` past ``max_sessions`` gets the cloud's ``error`` event with
+  ``max_concurrency``, then close code 1013 (never a queue). An open socket between
+  sessions holds no slot; sockets open at once are bounded apart (:data:`SOCKETS_PER_SLOT`
+  for each session slot; one more is refused the same way when it opens).
+- After ``finish`` reason ``stop`` the socket stays open for the next ``start``; after
+  ``finish`` reason ``error`` (or an ``error`` event) it closes. A socket with no session
+  that sends nothing for ``idle_timeout`` is closed (code 1000, no event: there is no
+  session to end); before its first ``start`` that wait is the first session's, which
+  ends as idle with ``finish`` reason ``error`` as before.
+- Every limit is per session (text, idle, frame size); each session is its own
+  :class:`~.session.LiveSession`, run over a :class:`SessionChannel`.
+
+What tornado does not do the way a client needs it:
 
 - **Back-pressure.** Messages wait in a queue of :data:`MAX_QUEUE`; while it is full the
   handler does not read the socket (tornado waits for ``on_message``), as websockets did.
@@ -24,14 +38,20 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ..protocol import ErrorEvent, pack
+from ..protocol import ErrorEvent, FinishEvent, pack
 from .connection import ABNORMAL_CLOSURE, Disconnected
 from .session import LiveSession
 
 if TYPE_CHECKING:
     from .server import LocalServer
 
-__all__ = ["MAX_QUEUE", "LiveSocketHandler", "TornadoConnection"]
+__all__ = [
+    "MAX_QUEUE",
+    "SOCKETS_PER_SLOT",
+    "LiveSocketHandler",
+    "SessionChannel",
+    "TornadoConnection",
+]
 
 logger = logging.getLogger("fish_notebook.local")
 
@@ -39,8 +59,14 @@ logger = logging.getLogger("fish_notebook.local")
 MAX_QUEUE = 8
 #: Longest wait for the client's side of the closing handshake (seconds).
 CLOSE_TIMEOUT = 10.0
+#: Open sockets allowed for each session slot: room for clients that keep a socket open
+#: between sessions, still a bound on what idle sockets may hold (a file descriptor each).
+SOCKETS_PER_SLOT = 4
+_NORMAL_CLOSURE = 1000
 _TRY_AGAIN_LATER = 1013
 _GONE = object()
+#: The frame that ends a session cleanly; the socket then stays open for the next one.
+_CLEAN_FINISH = pack(FinishEvent("stop"))
 
 
 class TornadoConnection:
@@ -56,6 +82,7 @@ class TornadoConnection:
         self._room.set()
         self._closing = False
         self._closed = asyncio.Event()
+        self._arrived = asyncio.Event()  # set whenever something is put in the inbox
 
     def __repr__(self) -> str:
         return f"TornadoConnection({self.path!r}, closed={self._closed.is_set()})"
@@ -68,6 +95,7 @@ class TornadoConnection:
         if self._closing:
             return None  # the server is closing: keep reading up to the client's close
         self._inbox.put_nowait(message)
+        self._arrived.set()
         if self._inbox.qsize() >= MAX_QUEUE:
             self._room.clear()
             return self._wait_for_room()
@@ -79,8 +107,21 @@ class TornadoConnection:
     def gone(self) -> None:
         """The connection ended (either side, cleanly or not)."""
         self._inbox.put_nowait(_GONE)
+        self._arrived.set()
         self._room.set()
         self._closed.set()
+
+    async def wait_for_frame(self, timeout: float) -> str:
+        """Wait, at most ``timeout`` seconds, for what comes next without reading it:
+        ``"frame"`` (a message waits), ``"gone"`` (the connection ended) or ``"timeout"``."""
+        if self._inbox.empty():
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return "timeout"
+        # The end is always the last item: alone in the inbox, nothing comes before it.
+        return "gone" if self._closed.is_set() and self._inbox.qsize() == 1 else "frame"
 
     # --- the Connection protocol ---------------------------------------------------------
 
@@ -137,8 +178,61 @@ class TornadoConnection:
             stream.close()  # tornado then ends the connection (on_close)
 
 
+class SessionChannel:
+    """One session's view of a socket that carries several sessions in turn.
+
+    The session uses it as its :class:`~.connection.Connection`. Once the session has sent
+    ``finish`` reason ``stop``, its normal close leaves the socket open for the client's
+    next ``start``: :attr:`reusable` turns true and :attr:`close_code` reads 1000 (the
+    session ended normally). Any other close (after an error, another code) closes the
+    socket. ``expired``: the wait for this session's first frame already ran out, so the
+    first :meth:`recv` raises TimeoutError at once (the session then ends as idle).
+    """
+
+    def __init__(self, connection: TornadoConnection, *, expired: bool = False) -> None:
+        self._connection = connection
+        self._expired = expired
+        self._finished = False
+        self.reusable = False
+
+    def __repr__(self) -> str:
+        return f"SessionChannel({self._connection!r}, reusable={self.reusable})"
+
+    @property
+    def path(self) -> str:
+        return self._connection.path
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._connection.headers
+
+    @property
+    def close_code(self) -> int | None:
+        return _NORMAL_CLOSURE if self.reusable else self._connection.close_code
+
+    async def recv(self) -> bytes | str:
+        if self._expired:
+            self._expired = False
+            raise asyncio.TimeoutError  # read as the idle timeout of the session's wait
+        return await self._connection.recv()
+
+    async def send(self, message: bytes) -> None:
+        await self._connection.send(message)
+        if message == _CLEAN_FINISH:
+            self._finished = True
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._finished and code == _NORMAL_CLOSURE and self._connection.close_code is None:
+            self.reusable = True  # the session is over; the socket waits for the next start
+            return
+        await self._connection.close(code, reason)
+
+    def abort(self) -> None:
+        self._connection.abort()
+
+
 class LiveSocketHandler(WebSocketHandler):
-    """``/v1/tts/live[/with-timestamp]``: one session per connection, within the limit."""
+    """``/v1/tts/live[/with-timestamp]``: sessions one after another, each within the limit."""
 
     def initialize(self, server: LocalServer) -> None:
         self.server = server
@@ -156,31 +250,58 @@ class LiveSocketHandler(WebSocketHandler):
 
     async def open(self, *args: str, **kwargs: str) -> None:
         sessions = self.server.sessions
-        if not sessions.try_open():
-            logger.warning("refused a session: %d sessions already open", sessions.active)
-            refusal = ErrorEvent("Concurrency limit exceeded", {"max_concurrency": sessions.limit})
-            try:
-                await self.write_message(pack(refusal), binary=True)
-            except WebSocketClosedError:
-                return
-            self.close(_TRY_AGAIN_LATER, "Concurrency limit exceeded")
+        if not sessions.connect():
+            logger.warning("refused a connection: %d sockets already open", sessions.sockets)
+            refusal = "Concurrency limit exceeded: too many connections open"
+            await self._refuse(ErrorEvent(refusal, {"max_concurrency": sessions.limit}))
             return
         self.connection = TornadoConnection(self)
         sessions.run(self._serve(self.connection), self.connection)
 
+    async def _refuse(self, refusal: ErrorEvent) -> None:
+        """The cloud's refusal: an ``error`` event, then close code 1013."""
+        try:
+            await self.write_message(pack(refusal), binary=True)
+        except WebSocketClosedError:
+            return
+        self.close(_TRY_AGAIN_LATER, refusal.error)
+
     async def _serve(self, connection: TornadoConnection) -> None:
-        released = False
+        try:
+            first = True
+            while await self._next_session(connection, first=first):
+                first = False
+        finally:
+            self.server.sessions.disconnect()
+
+    async def _next_session(self, connection: TornadoConnection, *, first: bool) -> bool:
+        """Serve the socket's next session; True when the socket stays open for another."""
+        came = await connection.wait_for_frame(self.server.idle_timeout)
+        if not first and came != "frame":  # between sessions: nothing to end but the socket
+            if came == "timeout":
+                logger.debug("closed a socket idle between sessions")
+                await connection.close(_NORMAL_CLOSURE, "idle between sessions")
+            return False
+        sessions = self.server.sessions
+        if came == "frame" and not sessions.try_open():
+            logger.warning("refused a session: %d sessions already open", sessions.active)
+            refusal = ErrorEvent("Concurrency limit exceeded", {"max_concurrency": sessions.limit})
+            await self._refuse(refusal)
+            return False
+        held = came == "frame"  # the first session runs even without a frame: it ends as idle
 
         def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.server.sessions.release()
+            nonlocal held
+            if held:
+                held = False
+                sessions.release()
 
+        channel = SessionChannel(connection, expired=came == "timeout")
         try:
-            await LiveSession(self.server.session_context(), connection, release).run()
+            await LiveSession(self.server.session_context(), channel, release).run()
         finally:
             release()
+        return channel.reusable
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         return self.connection.deliver(message) if self.connection is not None else None

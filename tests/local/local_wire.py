@@ -61,7 +61,9 @@ class Outcome:
 
 
 async def read_all(ws: ClientConnection, timeout: float = 60.0) -> Outcome:
-    """Read frames until the server closes; every frame must be binary MessagePack."""
+    """Read frames until the server closes, or until ``finish`` reason ``stop`` (the server
+    keeps the socket open for another session: this client then closes it, code 1000).
+    Every frame must be binary MessagePack."""
     outcome = Outcome()
 
     async def loop() -> None:
@@ -71,11 +73,33 @@ async def read_all(ws: ClientConnection, timeout: float = 60.0) -> Outcome:
                 event = msgpack.unpackb(message, raw=False)
                 assert isinstance(event, dict) and isinstance(event.get("event"), str)
                 outcome.events.append(event)
+                if event == {"event": "finish", "reason": "stop"}:
+                    await ws.close()
+                    return
         except ConnectionClosed:
             pass
 
     await asyncio.wait_for(loop(), timeout)
     outcome.close_code = ws.close_code
+    return outcome
+
+
+async def read_session(ws: ClientConnection, timeout: float = 60.0) -> Outcome:
+    """Read one session's events, up to its ``finish`` (or the close), leaving the socket
+    open for the next session."""
+    outcome = Outcome()
+
+    async def loop() -> None:
+        try:
+            while True:
+                event = await next_event(ws, timeout)
+                outcome.events.append(event)
+                if event["event"] in ("finish", "error"):
+                    return
+        except ConnectionClosed:
+            outcome.close_code = ws.close_code
+
+    await asyncio.wait_for(loop(), timeout)
     return outcome
 
 
@@ -86,7 +110,8 @@ async def session(
     headers: dict[str, str] | None = None,
     timeout: float = 60.0,
 ) -> Outcome:
-    """Open a session, send every frame in one burst, read until the server closes."""
+    """Open a session, send every frame in one burst, read until the server closes or the
+    session finishes (then close)."""
     async with connect(url + LIVE, additional_headers=headers, open_timeout=10) as ws:
         for item in frames:
             await ws.send(item)

@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import string
+import struct
 import threading
 import urllib.request
 import uuid
@@ -196,7 +197,8 @@ class Outcome:
 
 
 async def collect(ws: ClientConnection, outcome: Outcome) -> None:
-    """Read every frame until the connection closes, noting anything malformed."""
+    """Read every frame until the connection closes or the session finishes (then the
+    caller closes), noting anything malformed."""
     try:
         async for message in ws:
             outcome.sizes.append(len(message))
@@ -208,6 +210,8 @@ async def collect(ws: ClientConnection, outcome: Outcome) -> None:
                 outcome.problems.append(f"not a server event: {event!r:.80}")
                 continue
             outcome.events.append(event)
+            if event == {"event": "finish", "reason": "stop"}:
+                return  # the server keeps the socket for another session: we are done
     except ConnectionClosed:
         pass
 
@@ -716,5 +720,117 @@ def test_http_endpoints_answer_4xx_json_or_audio_beside_a_healthy_session(
     assert not companion.errors and len(companion.results) >= 1
     for name, audio in companion.results:
         assert audio == reference[name], f"{name}: audio differs beside the HTTP fuzzer"
+    assert healthy(fuzz_server)
+    assert asyncio.run(wait_for_no_sessions(fuzz_server)) == 0
+
+
+# --- the HTTP side: POST /v1/asr bodies ---------------------------------------------------------
+
+ASR_EXAMPLES = 40
+
+
+def wav_header(rate: int, bits: int, data: int) -> bytes:
+    """A PCM WAV header (mono) for ``data`` bytes of samples."""
+    block = max(1, bits // 8)
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, 1, rate,
+        rate * block, block, bits, b"data", data,
+    )  # fmt: skip
+
+
+@st.composite
+def wav_files(draw: st.DrawFn) -> bytes:
+    """Short WAV files, mostly fine, some with an odd rate, width or a cut."""
+    rate = draw(st.sampled_from([8000, 16000, 22050, 48000, 7, 500_000]))
+    bits = draw(st.sampled_from([8, 16, 16, 24, 32, 12]))
+    samples = draw(st.integers(0, 4000))
+    noise = draw(st.binary(min_size=1, max_size=64))
+    size = samples * max(1, bits // 8)
+    wav = wav_header(rate, bits, size) + (noise * (size // len(noise) + 1))[:size]
+    return wav[: draw(st.integers(0, len(wav)))] if draw(st.booleans()) else wav
+
+
+good_wav = st.builds(
+    lambda rate, samples: wav_header(rate, 16, 2 * samples) + b"\x01\x00" * samples,
+    st.sampled_from([8000, 16000, 44100]),
+    st.integers(1, 4000),
+)
+asr_fields = st.fixed_dictionaries(  # well-formed: the answer is a transcript
+    {"audio": good_wav},
+    optional={
+        "language": st.sampled_from([None, "en", "en-US"]),
+        "ignore_timestamps": st.booleans(),
+    },
+) | st.fixed_dictionaries(
+    {},
+    optional={
+        "audio": wav_files() | st.binary(max_size=40) | msgpack_values,
+        "language": st.none() | st.sampled_from(["en", "en-US", "fr", "", " "]) | msgpack_values,
+        "ignore_timestamps": st.booleans() | msgpack_values,
+    },
+)
+
+
+@st.composite
+def asr_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """httpx arguments for one POST /v1/asr: MessagePack, multipart, or another type."""
+    fields: dict[str, Any] = draw(asr_fields)
+    kind = draw(st.sampled_from(["msgpack", "msgpack", "multipart", "other"]))
+    if kind == "msgpack":
+        return {"content": packed(fields), "headers": {"Content-Type": "application/msgpack"}}
+    if kind == "multipart":
+        audio = fields.pop("audio", b"")
+        data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
+        audio = audio if isinstance(audio, bytes) else str(audio).encode()
+        return {"files": {"audio": ("a.wav", audio)}, "data": data}
+    content_type = draw(st.sampled_from(["", "application/json", "text/plain", "multipart/x"]))
+    body = draw(st.binary(max_size=60)) if draw(st.booleans()) else packed(fields)
+    return {"content": body, "headers": {"Content-Type": content_type} if content_type else {}}
+
+
+def check_asr_answer(answer: httpx.Response) -> str:
+    """200 with the documented JSON (seconds, segments inside the audio), or a 4xx JSON
+    message; never anything else."""
+    assert answer.headers["content-type"] == "application/json"
+    data = answer.json()
+    if answer.status_code == 200:
+        assert set(data) == {"text", "duration", "segments"}
+        assert isinstance(data["text"], str) and data["duration"] >= 0  # s, to the ms
+        for segment in data["segments"]:
+            assert set(segment) == {"text", "start", "end"}
+            assert 0 <= segment["start"] <= segment["end"] <= data["duration"]
+        return "200"
+    assert 400 <= answer.status_code < 500, answer.status_code
+    assert data["status"] == answer.status_code and data["message"]
+    return str(answer.status_code)
+
+
+def test_asr_answers_a_transcript_or_4xx_json_beside_a_healthy_session(
+    fuzz_server: ThreadedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random POST /v1/asr bodies (WAV files fine, odd or cut, any field values, MessagePack,
+    multipart or neither) get the transcript or a 4xx JSON message, never a 5xx or a hang;
+    no error is logged, and a healthy speech session beside them gets the same bytes."""
+    reference = {name: asyncio.run(steady_audio(fuzz_server.url, name)) for name in STEADY_SESSIONS}
+    answers: Counter[str] = Counter()
+    http = httpx.Client(base_url=fuzz_server.http_url, timeout=120)
+
+    @settings(
+        max_examples=ASR_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(asr_requests())
+    def one_request(request: dict[str, Any]) -> None:
+        answers[check_asr_answer(http.post("/v1/asr", **request))] += 1
+
+    with caplog.at_level(logging.WARNING), Companion(fuzz_server.url) as companion, http:
+        one_request()
+    print(f"ASR answers: {dict(answers)}; healthy sessions beside: {len(companion.results)}")
+    assert {"200", "400"} <= set(answers), answers
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not companion.errors and len(companion.results) >= 1
+    for name, audio in companion.results:
+        assert audio == reference[name], f"{name}: audio differs beside the ASR fuzzer"
     assert healthy(fuzz_server)
     assert asyncio.run(wait_for_no_sessions(fuzz_server)) == 0

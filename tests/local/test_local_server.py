@@ -392,13 +392,16 @@ async def test_right_token_is_served(strict_server: ThreadedServer) -> None:
 
 
 async def test_concurrency_limit_answers_an_error_event(strict_server: ThreadedServer) -> None:
-    """One session too many gets the cloud's error event with max_concurrency, then a close."""
+    """One session too many gets the cloud's error event with max_concurrency at its start,
+    then a close. An open socket holds no slot: the second socket opens, its start is
+    refused."""
     async with connect(strict_server.url + LIVE, additional_headers=AUTH) as first:
         await first.send(start(format="pcm"))
         await first.send(text(SENTENCE))
         await first.send(FLUSH)
         await next_event(first)  # the first session is being served
         async with connect(strict_server.url + LIVE, additional_headers=AUTH) as second:
+            await second.send(start(format="pcm"))
             refused = await read_all(second, timeout=10)
         await first.send(STOP)
         served = await read_all(first)
