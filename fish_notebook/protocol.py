@@ -237,10 +237,9 @@ class TTSRequest:
         resolved = resolve_model(model)
         if not self.multi_speaker or resolved in MULTI_SPEAKER_MODELS:
             return
+        name, value = "references", f"<a list of {len(self.references)} lists>"
         if isinstance(self.reference_id, tuple):
-            name, value = "reference_id", list(self.reference_id)
-        else:
-            name, value = "references", f"<a list of {len(self.references)} lists>"
+            name, value = "reference_id", repr(list(self.reference_id))
         raise ValidationError(
             name,
             value,
@@ -447,7 +446,10 @@ class Alignment:
 
 @dataclass(frozen=True)
 class AudioEvent:
-    """A chunk of audio in the requested format; the timestamp fields only on that endpoint."""
+    """A chunk of audio in the requested format; the timestamp fields only on that endpoint.
+
+    On ``/with-timestamp`` (``chunk_seq`` set) ``alignment`` is the cumulative snapshot of
+    chunk ``chunk_seq`` (PROTOCOL.md), sent as null when there is none yet."""
 
     audio: bytes
     content: str | None = None
@@ -463,10 +465,11 @@ class AudioEvent:
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"event": "audio", "audio": bytes(self.audio)}
-        if self.content is not None:
-            wire["content"] = self.content
-        if self.alignment is not None:
-            wire["alignment"] = self.alignment.to_wire()
+        labelled = self.chunk_seq is not None  # a with-timestamp event: null labels are sent
+        if self.content is not None or labelled:
+            wire["content"] = self.content if self.content is not None else ""
+        if self.alignment is not None or labelled:
+            wire["alignment"] = self.alignment.to_wire() if self.alignment is not None else None
         for name in ("chunk_seq", "chunk_audio_offset_sec", "time"):
             value = getattr(self, name)
             if value is not None:

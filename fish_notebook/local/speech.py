@@ -14,8 +14,10 @@ whole file. Guarantees:
   arrive (408), a request past ``max_sessions`` (429, with ``max_concurrency``).
 - A request holds a session slot from its body until its last byte; a client that leaves
   mid-answer stops the synthesis after its current sentence and frees the slot.
-- What the request asks for that the local voice cannot honour (several voices, cloning,
-  an unknown ``reference_id``) is logged, and the default voice speaks.
+- The text is performed as on the WebSocket (:mod:`.synthesis`): speaker tags and a
+  ``reference_id`` list give each speaker a voice (:mod:`.cast`), breaks are silence,
+  delivery cues are skipped. What the local voices cannot honour (cues, cloning, an
+  unknown ``reference_id``) is logged once, and the default voice speaks.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from tornado.web import stream_request_body
 from .. import formats
 from ..errors import ValidationError
 from ..protocol import AudioEvent, FinishEvent, StartEvent, TTSRequest, resolve_model
+from .cast import choose_cast
 from .chunker import TextChunker, voice_parts
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
 from .http import JsonHandler
 from .output import clipped
 from .recorder import SessionNotes
-from .synthesis import Synthesis, choose_voice
+from .synthesis import Synthesis
 
 __all__ = ["TTS_PATH", "BadRequest", "TTSHandler", "parse_request"]
 
@@ -173,12 +176,13 @@ class TTSHandler(JsonHandler):
         notes = SessionNotes(self.server.recorder, headers, resolve_model(headers.get("model")))
         notes.received(StartEvent(request))
         context = self.server.session_context()
-        voice = await choose_voice(context.voices, request, context.pool, _log)
-        notes.voice(voice.name)
+        cast = await choose_cast(context.voices, request, context.pool, _log)
+        notes.voice(", ".join(cast.names))
         encoder = StreamEncoder.for_request(request)
         synthesis = Synthesis(
-            voice, request, encoder, context.pool, cancelled=lambda: self._gone, notes=notes
-        )
+            cast, request, encoder, context.pool, cancelled=lambda: self._gone, notes=notes,
+            log=_log,
+        )  # fmt: skip
         self.set_header("Content-Type", formats.get(request.format).mime)
         try:
             for part in _parts(request):
