@@ -69,30 +69,39 @@ class ListenerClock:
 class Snapshots:
     """The cumulative word snapshots of one text chunk, part after part.
 
-    Times are seconds from the chunk's first sample, microsecond-rounded; each word is
-    kept inside the part that holds it, so snapshots never shrink and never go back.
+    Times are seconds from the chunk's first sample (``rate``: the stream's sample rate),
+    microsecond-rounded; each word is kept inside the part that holds it, so snapshots
+    never shrink and never go back.
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, rate: int) -> None:
         self.text = text
+        self.rate = rate
         self.segments: list[AlignmentSegment] = []
-        self.seconds = 0.0  # audio of the chunk so far
+        self.samples = 0  # audio of the chunk so far, at ``rate``
         self._last_end = 0  # where the last word ends in the text
 
+    @property
+    def seconds(self) -> float:
+        """The chunk's audio so far, in seconds."""
+        return self.samples / self.rate
+
     def add(
-        self, words: list[tuple[TextWord, float, float]], seconds: float
+        self, words: list[tuple[TextWord, float, float]], samples: int
     ) -> tuple[str, Alignment | None]:
-        """The ``content`` and ``alignment`` of the chunk once a part of ``seconds`` holding
+        """The ``content`` and ``alignment`` of the chunk once a part of ``samples`` holding
         ``words`` (each with its start and end in chunk seconds) is heard."""
-        begin, self.seconds = self.seconds, round(self.seconds + seconds, 6)
+        begin = round(self.seconds, 6)
+        self.samples += samples
+        until = round(self.seconds, 6)
         for word, start, end in words:
-            start = min(max(round(start, 6), begin), self.seconds)
-            end = min(max(round(end, 6), start), self.seconds)
+            start = min(max(round(start, 6), begin), until)
+            end = min(max(round(end, 6), start), until)
             self.segments.append(AlignmentSegment(word.text, start, end))
             self._last_end = word.end
         if not self.segments:
             return "", None
-        return self.text[: self._last_end], Alignment(tuple(self.segments), self.seconds)
+        return self.text[: self._last_end], Alignment(tuple(self.segments), until)
 
 
 class Synthesis:
@@ -183,7 +192,7 @@ class Synthesis:
 
     def _run(self, text: str, turns: Turns) -> Iterator[bytes | TimedPart]:
         """The synthesis itself (pool thread): each sentence encoded as it is spoken."""
-        snapshots = Snapshots(text) if self.timestamps else None
+        snapshots = Snapshots(text, self.encoder.sample_rate) if self.timestamps else None
         for chunk, words in self._sounds(turns):
             self.clock.heard(chunk.duration)
             if snapshots is not None:
@@ -255,7 +264,7 @@ class Synthesis:
         sentence = snapshots.seconds  # where this sentence starts in the chunk
         for (_, _, held), (data, out_samples) in zip(parts, encoded, strict=True):
             timed = [(w.word, sentence + w.start / rate, sentence + w.end / rate) for w in held]
-            content, alignment = snapshots.add(timed, out_samples / encoder.sample_rate)
+            content, alignment = snapshots.add(timed, out_samples)
             yield TimedPart(data, out_samples, content, alignment)
 
 
