@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..errors import ValidationError
 from ..protocol import LIVE_TIMESTAMP_PATH, TTSRequest, resolve_model
 from .cast import choose_cast
 from .chunker import TextChunker
@@ -83,6 +84,10 @@ class LiveSession:
         """Serve the session to its end: finish sent and socket closed, or client gone."""
         try:
             request = await self.reader.start()
+            try:
+                request.check_for_model(self.model)
+            except ValidationError as exc:
+                raise SessionFailed(f"bad start: {exc}") from exc
             speaker, chunker = await self._prepare(request)
             self.reader.idle = lambda: speaker.idle
             await self._converse(chunker, speaker)
