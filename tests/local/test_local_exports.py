@@ -11,6 +11,7 @@ import pytest
 MODULES = [
     "fish_notebook.local",
     "fish_notebook.local.asr",
+    "fish_notebook.local.cast",
     "fish_notebook.local.chunker",
     "fish_notebook.local.cli",
     "fish_notebook.local.encoding",
@@ -18,6 +19,8 @@ MODULES = [
     "fish_notebook.local.recorder",
     "fish_notebook.local.server",
     "fish_notebook.local.slots",
+    "fish_notebook.local.synthesis",
+    "fish_notebook.local.turns",
 ]
 
 
