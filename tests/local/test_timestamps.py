@@ -425,6 +425,22 @@ async def test_flushes_and_slow_speech_stay_on_one_timeline(
     assert starts == sorted(starts)
 
 
+async def test_a_chunk_that_starts_with_a_pause_has_no_alignment_yet(
+    local_server: ThreadedServer,
+) -> None:
+    """A chunk opening with a break sends its silence with a null alignment and no content,
+    then snapshots; speaker tags and cues are in the content as sent, never in the words."""
+    spoken = "[long-break] <|speaker:1|>Hello there. <|speaker:0|>[happy] Bye now."
+    frames = [start(format="pcm", sample_rate=16000), text(spoken), STOP]
+    out = await timestamp_session(local_server.url, frames)
+    words = check_events(out, 16000, spoken, pcm_bytes=True)
+    audio = out.named("audio")
+    assert audio[0]["alignment"] is None and audio[0]["content"] == ""
+    assert sum(len(e["audio"]) for e in audio if e["alignment"] is None) >= 0.8 * 16000 * 2
+    assert words[0][1] >= 0.8  # the first word after the long break
+    assert audio[-1]["content"] == spoken
+
+
 async def test_text_without_words_ends_cleanly(local_server: ThreadedServer) -> None:
     """Punctuation alone (nothing to speak, or nothing but silence) still finishes."""
     out = await timestamp_session(local_server.url, [start(format="pcm"), text("— ... !"), STOP])
