@@ -7,10 +7,10 @@ encoded audio as soon as it is ready: ``bytes``, or on ``/with-timestamp`` one
 takes a core slot (:mod:`.slots`) by the deadline of a :class:`ListenerClock`: when the
 listener runs out of the audio already sent.
 
-A piece is performed as :mod:`.turns` reads it: each speaker's turns by that speaker's role
-in the session's :class:`~.cast.Cast`, each break as silence, delivery cues skipped (the
-first piece that holds any says so once, through ``log``). The speaker at the end of a
-piece goes on into the next one.
+A piece is performed as :mod:`.directions` reads it: each speaker's turns by that speaker's
+role in the session's :class:`~.cast.Cast`, each break as silence, delivery cues skipped
+(the first piece that holds any says so once, through ``log``). The speaker at the end of
+a piece goes on into the next one.
 
 On ``/with-timestamp`` every piece is one text chunk (PROTOCOL.md): each part's
 :class:`~fish_notebook.protocol.Alignment` is the cumulative snapshot of the piece's words
@@ -30,12 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from ..cues import Pause
 from ..protocol import Alignment, AlignmentSegment, TTSRequest
 from .cast import Cast
+from .directions import Turn, Turns, split_turns
 from .encoding import StreamEncoder
 from .engine import SpeechChunk
 from .output import MAX_AUDIO_PAYLOAD, MAX_TIMED_PAYLOAD, SessionFailed, TimedPart
 from .recorder import SessionNotes
 from .timing import TextWord, TimedWord, WordPlan, cut_at_words
-from .turns import Turn, Turns, split_turns
 
 __all__ = ["ListenerClock", "Snapshots", "Synthesis"]
 

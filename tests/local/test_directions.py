@@ -16,10 +16,11 @@ import pytest
 from local_wire import FLUSH, LIVE, STOP, Outcome, read_all, session, start, text
 from websockets.asyncio.client import connect
 
-from fish_notebook.cues import BREAK_SECONDS, LONG_BREAK_SECONDS, speaker_tag
+from fish_notebook.cues import BREAK_SECONDS, LONG_BREAK_SECONDS, Pause, speaker_tag
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.asr import Transcriber
 from fish_notebook.local.cast import RENDITION_SHIFTS
+from fish_notebook.local.directions import Turn, split_turns
 from fish_notebook.local.engine import DEFAULT_VOICE, default_voice_files
 from fish_notebook.protocol import LIVE_TIMESTAMP_PATH
 
@@ -111,6 +112,36 @@ def word_error_rate(reference: str, heard: str) -> float:
 
 def cut(pcm: bytes, start: float, end: float, rate: int) -> bytes:
     return pcm[round(start * rate) * 2 : round(end * rate) * 2]
+
+
+# --- reading the directions (pure) -------------------------------------------------------------
+
+
+def test_split_turns_keeps_every_word_where_it_was_written() -> None:
+    """Turns hold the words at their places in the piece; cues go, breaks become pauses,
+    a speaker tag starts a turn (its own speaker's tag does not), the last speaker carries."""
+    piece = "<|speaker:0|>Hi [happy] there.\n<|speaker:1|>Oh (sad) [long-break] bye."
+    turns = split_turns(piece)
+    assert turns.cues == ("[happy]", "(sad)") and turns.speaker == 1
+    first, second, pause, third = turns.items
+    assert isinstance(first, Turn) and isinstance(second, Turn) and isinstance(third, Turn)
+    assert [(t.speaker, t.text.split()) for t in (first, second, third)] == [
+        (0, ["Hi", "there."]), (1, ["Oh"]), (1, ["bye."]),
+    ]  # fmt: skip
+    assert pause == Pause(LONG_BREAK_SECONDS)
+    for turn in (first, second, third):
+        for word in re.finditer(r"\S+", turn.text):
+            at = turn.start + word.start()
+            assert piece[at : at + len(word.group())] == word.group()
+    assert split_turns("more", speaker=1).items == (Turn(1, "more", 0),)
+
+
+def test_split_turns_takes_a_cue_that_closes_around_another() -> None:
+    """ "[a[x]]" goes whole, as strip_cues says; a cue never reaches over a break."""
+    (turn,) = split_turns("go [a[x]] on").items
+    assert isinstance(turn, Turn) and turn.text.split() == ["go", "on"]
+    items = split_turns("[a [break] b]").items
+    assert len(items) == 3 and items[1] == Pause(BREAK_SECONDS)
 
 
 # --- delivery cues and breaks ------------------------------------------------------------------

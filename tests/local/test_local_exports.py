@@ -13,6 +13,7 @@ MODULES = [
     "fish_notebook.local.asr",
     "fish_notebook.local.cast",
     "fish_notebook.local.chunker",
+    "fish_notebook.local.directions",
     "fish_notebook.local.cli",
     "fish_notebook.local.encoding",
     "fish_notebook.local.engine",
@@ -20,7 +21,6 @@ MODULES = [
     "fish_notebook.local.server",
     "fish_notebook.local.slots",
     "fish_notebook.local.synthesis",
-    "fish_notebook.local.turns",
 ]
 
 

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from fish_notebook.cues import Pause, strip_cues
 from fish_notebook.local import ThreadedServer, timing
 from fish_notebook.local.cast import Cast
+from fish_notebook.local.directions import split_turns
 from fish_notebook.local.encoding import StreamEncoder
 from fish_notebook.local.engine import PhonemeSpan, SpeechChunk, VoiceLibrary
 from fish_notebook.local.output import TimedPart
@@ -33,7 +34,6 @@ from fish_notebook.local.timing import (
     split_words,
     time_words,
 )
-from fish_notebook.local.turns import split_turns
 from fish_notebook.protocol import LIVE_TIMESTAMP_PATH, TTSRequest
 
 TRICKY = "Hello, world! It was the best of times; in 1999 about 12,500 people — ok? Yes"
