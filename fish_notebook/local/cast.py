@@ -9,12 +9,24 @@ not have) speaks with a *rendition* of the default voice: rendition ``N`` shifts
 formants by :data:`RENDITION_SHIFTS` ``[N]`` at the same tempo (:meth:`Voice.synthesize`,
 ``shift``), so each speaker sounds apart. Speaker 0's rendition is the voice itself.
 
-Measured with the default voice (en_US-joe-medium) on six sentences, median pitch by
-autocorrelation over voiced frames, words recognised by Whisper tiny.en (word error rate
-over 72 words, two runs each; Piper's noise makes each run differ): rendition 0 89 Hz,
-WER 0.00-0.08; rendition 1 (x1.3) 114-115 Hz, WER 0.01-0.07; x1.15 101 Hz, 0.03;
-x1.45 128 Hz, 0.04; x1.6 140 Hz, 0.04. Shifts down cost words (x0.85: 0.12, x0.8: 0.12),
-so every rendition is higher than the voice.
+Measured with the default voice (en_US-joe-medium) on six sentences (72 words), median
+pitch by autocorrelation over voiced frames, words recognised by Whisper tiny.en (word
+error rate; Piper's noise makes every run differ, 0-8 % for the voice itself):
+
+======  ==========  =================================
+shift   pitch       word error rate (runs)
+======  ==========  =================================
+1.0     89 Hz       2.8 % (12 of 432 words, 6 runs)
+1.1     98 Hz       0.0 % (1 run)
+1.2     105-108 Hz  3.3 % (12 of 360 words, 5 runs)
+1.3     114-116 Hz  4.6 % (23 of 504 words, 7 runs)
+1.4     124 Hz      2.8 % (1 run)
+1.5     131 Hz      4.2 % (1 run)
+0.85    79 Hz       12 % (1 run); 0.8: 74 Hz, 12 %
+======  ==========  =================================
+
+So speaker 1 gets x1.2 (as intelligible as the voice, three semitones higher, told apart
+at once), and every rendition is higher than the voice: shifts down cost words.
 """
 
 from __future__ import annotations
@@ -31,8 +43,9 @@ from .engine import Voice, VoiceLibrary
 __all__ = ["RENDITION_SHIFTS", "Cast", "Role", "choose_cast"]
 
 #: Pitch and formant factor of each speaker's rendition of the default voice (speaker
-#: ``N`` takes ``[N % len]``): the first five sound clearly apart, the rest in between.
-RENDITION_SHIFTS: tuple[float, ...] = (1.0, 1.3, 1.15, 1.45, 1.6, 1.07, 1.22, 1.37, 1.52)
+#: ``N`` takes ``[N % len]``): speakers 0, 1 and 2 at least 15 % apart in pitch, the
+#: others in between.
+RENDITION_SHIFTS: tuple[float, ...] = (1.0, 1.2, 1.4, 1.1, 1.3, 1.5, 1.05, 1.25, 1.45)
 
 
 @dataclass(frozen=True)
