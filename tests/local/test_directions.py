@@ -306,6 +306,18 @@ async def test_a_voice_list_with_model_s1_fails_the_session(local_server: Thread
     assert "S2 model" in out.finish["message"] and not out.audio
 
 
+async def test_references_per_speaker_are_accepted_and_said_to_be_ignored(
+    local_server: ThreadedServer,
+) -> None:
+    """references as a list of lists (zero-shot dialogue) reach the server, which says it
+    cannot clone and speaks the dialogue with renditions."""
+    sample = {"audio": b"\x00" * 64, "text": "hi"}
+    request = start(format="pcm", references=[[sample], [sample]])
+    out = await session(local_server.url, [request, text(dialogue((0, "Hi."), (1, "Ho."))), STOP])
+    assert out.finish == {"event": "finish", "reason": "stop"} and out.audio
+    assert len(out.logs) == 1 and "references" in out.logs[0]
+
+
 @pytest.fixture(scope="module")
 def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with one voice, "my-voice" (the bundled model under another name)."""
