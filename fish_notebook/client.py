@@ -537,12 +537,9 @@ class _Client(Generic[_Audio, _Events]):
         options: Mapping[str, Any],
     ) -> StreamSpec:
         self._check_open()
-        return StreamSpec(
-            build_request(config, **options),
-            model or self.model,
-            timestamps,
-            SocketOptions.from_ws_options(ws_options),
-        )
+        request, model = build_request(config, **options), model or self.model
+        request.check_for_model(model)  # a dialogue's voice list needs an S2 model
+        return StreamSpec(request, model, timestamps, SocketOptions.from_ws_options(ws_options))
 
     def _new_stream(self, endpoint: Endpoint, spec: StreamSpec) -> AsyncRealtimeStream:
         headers = self._headers(spec.model, endpoint)

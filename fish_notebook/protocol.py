@@ -33,6 +33,7 @@ __all__ = [
     "LIVE_PATH",
     "LIVE_TIMESTAMP_PATH",
     "MODELS",
+    "MULTI_SPEAKER_MODELS",
     "Alignment",
     "AlignmentSegment",
     "AudioEvent",
@@ -71,6 +72,9 @@ OPUS_BITRATES: tuple[int, ...] = (-1000, 24, 32, 48, 64, 24000, 32000, 48000, 64
 
 MODELS: tuple[str, ...] = ("s1", "s2-pro", "s2.1-pro", "s2.1-pro-free", "speech-1.5", "speech-1.6")
 LEGACY_MODELS: tuple[str, ...] = ("speech-1.5", "speech-1.6")
+#: Models that speak a dialogue: a ``reference_id`` list, ``references`` as a list of lists,
+#: ``<|speaker:N|>`` tags in the text (PROTOCOL.md, "Voices, dialogue and delivery cues").
+MULTI_SPEAKER_MODELS: tuple[str, ...] = ("s2-pro", "s2.1-pro", "s2.1-pro-free")
 DEFAULT_MODEL = "s2-pro"
 
 
@@ -163,7 +167,10 @@ class TTSRequest:
 
     Defaults are the cloud's. Every field is checked on construction and a bad one raises
     :class:`~fish_notebook.errors.ValidationError` naming the field, the value and the
-    allowed range. ``text`` is always ``""`` in realtime mode.
+    allowed range. ``text`` is always ``""`` in realtime mode. ``reference_id`` is one voice
+    id or (a dialogue) a list, one per speaker; ``references`` a list of samples or (a
+    dialogue) a list of lists. Which model takes a dialogue is the ``model`` header's
+    business, not a field: whoever knows the model calls :meth:`check_for_model`.
     """
 
     text: str = ""
@@ -172,7 +179,7 @@ class TTSRequest:
     sample_rate: int | None = None
     mp3_bitrate: int = 128
     opus_bitrate: int = -1000
-    references: tuple[ReferenceAudio, ...] = ()
+    references: tuple[ReferenceAudio, ...] | tuple[tuple[ReferenceAudio, ...], ...] = ()
     reference_id: str | tuple[str, ...] | None = None
     normalize: bool = True
     latency: LatencyMode = "balanced"
@@ -194,10 +201,7 @@ class TTSRequest:
             check_number("sample_rate", self.sample_rate, 8000, 192000, integer=True)
         _check_choice("mp3_bitrate", self.mp3_bitrate, MP3_BITRATES)
         _check_choice("opus_bitrate", self.opus_bitrate, OPUS_BITRATES)
-        refs = self.references
-        if not isinstance(refs, (list, tuple)):
-            raise ValidationError("references", refs, "must be a list of ReferenceAudio")
-        object.__setattr__(self, "references", tuple(_as_reference(r) for r in refs))
+        object.__setattr__(self, "references", _as_references(self.references))
         rid = self.reference_id
         if isinstance(rid, list):
             rid = tuple(rid)
@@ -220,6 +224,31 @@ class TTSRequest:
         check_number("early_stop_threshold", self.early_stop_threshold, 0.0, 1.0)
 
     @property
+    def multi_speaker(self) -> bool:
+        """True when the request holds one voice per speaker: a ``reference_id`` list, or
+        ``references`` as a list of lists."""
+        return isinstance(self.reference_id, tuple) or any(
+            isinstance(r, tuple) for r in self.references
+        )
+
+    def check_for_model(self, model: str | None) -> None:
+        """ValidationError when ``model`` (the ``model`` header; None or unknown means the
+        default) cannot take this request: a dialogue's voice lists need an S2 model."""
+        resolved = resolve_model(model)
+        if not self.multi_speaker or resolved in MULTI_SPEAKER_MODELS:
+            return
+        name, value = "references", f"<a list of {len(self.references)} lists>"
+        if isinstance(self.reference_id, tuple):
+            name, value = "reference_id", repr(list(self.reference_id))
+        raise ValidationError(
+            name,
+            value,
+            f"one voice per speaker (a dialogue) needs an S2 model, and model {resolved!r} "
+            f"is not one: use model {' or '.join(map(repr, MULTI_SPEAKER_MODELS))}, "
+            "or give one voice",
+        )
+
+    @property
     def effective_sample_rate(self) -> int:
         """``sample_rate``, or the format's default when it is null."""
         return self.sample_rate or default_sample_rate(self.format)
@@ -238,7 +267,7 @@ class TTSRequest:
             "sample_rate": self.sample_rate,
             "mp3_bitrate": self.mp3_bitrate,
             "opus_bitrate": self.opus_bitrate,
-            "references": [r.to_wire() for r in self.references],
+            "references": [_reference_to_wire(r) for r in self.references],
             "reference_id": list(rid) if isinstance(rid, tuple) else rid,
             "normalize": self.normalize,
             "latency": self.latency,
@@ -266,12 +295,45 @@ class TTSRequest:
             if key == "prosody":
                 kwargs[key] = Prosody.from_wire(value)
             elif key == "references":
-                if not isinstance(value, (list, tuple)):
-                    raise ValidationError("references", value, "must be a list")
-                kwargs[key] = tuple(_reference_from_wire(r) for r in value)
+                kwargs[key] = _references_from_wire(value)
             else:
                 kwargs[key] = value
         return cls(**kwargs)
+
+
+def _as_references(
+    refs: Any,
+) -> tuple[ReferenceAudio, ...] | tuple[tuple[ReferenceAudio, ...], ...]:
+    """``references``: a list of samples, or (dialogue) a list of lists, one per speaker."""
+    if not isinstance(refs, (list, tuple)):
+        raise ValidationError(
+            "references", refs, "must be a list of ReferenceAudio (or of lists of them)"
+        )
+    nested = [isinstance(r, (list, tuple)) for r in refs]
+    if any(nested) and not all(nested):
+        raise ValidationError(
+            "references", f"<{len(refs)} items>", "must be all samples or all lists of samples"
+        )
+    if any(nested):
+        return tuple(tuple(_as_reference(r) for r in speaker) for speaker in refs)
+    return tuple(_as_reference(r) for r in refs)
+
+
+def _reference_to_wire(value: ReferenceAudio | tuple[ReferenceAudio, ...]) -> Any:
+    if isinstance(value, tuple):
+        return [r.to_wire() for r in value]
+    return value.to_wire()
+
+
+def _references_from_wire(value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValidationError("references", value, "must be a list")
+    return tuple(
+        tuple(_reference_from_wire(r) for r in item)
+        if isinstance(item, (list, tuple))
+        else _reference_from_wire(item)
+        for item in value
+    )
 
 
 def _as_reference(value: Any) -> ReferenceAudio:
@@ -384,7 +446,10 @@ class Alignment:
 
 @dataclass(frozen=True)
 class AudioEvent:
-    """A chunk of audio in the requested format; the timestamp fields only on that endpoint."""
+    """A chunk of audio in the requested format; the timestamp fields only on that endpoint.
+
+    On ``/with-timestamp`` (``chunk_seq`` set) ``alignment`` is the cumulative snapshot of
+    chunk ``chunk_seq`` (PROTOCOL.md), sent as null when there is none yet."""
 
     audio: bytes
     content: str | None = None
@@ -400,10 +465,11 @@ class AudioEvent:
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"event": "audio", "audio": bytes(self.audio)}
-        if self.content is not None:
-            wire["content"] = self.content
-        if self.alignment is not None:
-            wire["alignment"] = self.alignment.to_wire()
+        labelled = self.chunk_seq is not None  # a with-timestamp event: null labels are sent
+        if self.content is not None or labelled:
+            wire["content"] = self.content if self.content is not None else ""
+        if self.alignment is not None or labelled:
+            wire["alignment"] = self.alignment.to_wire() if self.alignment is not None else None
         for name in ("chunk_seq", "chunk_audio_offset_sec", "time"):
             value = getattr(self, name)
             if value is not None:

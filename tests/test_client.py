@@ -280,6 +280,9 @@ def test_options_are_validated_before_any_io() -> None:
         AsyncRealtimeClient(base_url="ftp://example")
     with pytest.raises(ValidationError, match="bogus"):
         build_request(bogus=1)
+    with pytest.raises(ValidationError, match="reference_id.*S2 model"):
+        client.stream_websocket("x", reference_id=["a", "b"], model="s1")
+    client.stream_websocket("x", reference_id=["a", "b"], model="s2.1-pro")
 
 
 def test_sdk_config_is_accepted() -> None:

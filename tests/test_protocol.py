@@ -180,6 +180,28 @@ def test_model_fallback() -> None:
     assert resolve_model(None) == resolve_model("gpt-9") == "s2-pro"
 
 
+def test_dialogue_voice_lists_round_trip_and_need_an_s2_model() -> None:
+    """reference_id as a list and references as a list of lists go to the wire as sent;
+    check_for_model refuses them for s1 and legacy models, naming the field and the fix."""
+    sample = {"audio": b"ab", "text": "hi"}
+    wire = {"reference_id": ["v0", "v1"], "references": [[sample], [sample, sample]]}
+    request = TTSRequest.from_wire(wire)
+    assert request.reference_id == ("v0", "v1") and request.multi_speaker
+    assert [len(speaker) for speaker in request.references] == [1, 2]
+    assert {k: request.to_wire()[k] for k in wire} == wire
+    for model in ("s2-pro", "s2.1-pro", "s2.1-pro-free", None, "unknown"):
+        request.check_for_model(model)  # the cloud's default model is an S2 one
+    for model in ("s1", "speech-1.5"):
+        with pytest.raises(ValidationError, match=r"reference_id.*S2 model.*'s2-pro'"):
+            request.check_for_model(model)
+    nested = TTSRequest(references=[[ReferenceAudio(b"a", "x")], [ReferenceAudio(b"b", "y")]])
+    with pytest.raises(ValidationError, match="references"):
+        nested.check_for_model("s1")
+    TTSRequest(reference_id="one-voice", references=[sample]).check_for_model("s1")
+    with pytest.raises(ValidationError, match="all samples or all lists"):
+        TTSRequest(references=[sample, [sample]])
+
+
 @given(st.text())
 def test_any_text_round_trips(text: str) -> None:
     """Any unicode text survives a text event round trip."""

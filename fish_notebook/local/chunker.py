@@ -10,6 +10,11 @@ Guarantees, for any input and any split of it into :meth:`~TextChunker.feed` cal
   :meth:`stop`.
 - No word is split: a piece ends only at whitespace, or after CJK punctuation, or between
   two CJK characters (scripts written without spaces).
+- No direction is split (:mod:`fish_notebook.cues`: a delivery cue such as ``[slightly
+  sad]``, a break, a speaker tag): a piece never ends inside one, and a cue that the buffer
+  ends in the middle of (:func:`~fish_notebook.cues.unfinished_cue`) waits for the rest of
+  it, also through :meth:`~TextChunker.flush`; only :meth:`~TextChunker.stop` hands it out
+  as it is.
 - A piece's text (without surrounding whitespace) is at most ``chunk_length`` characters,
   unless it is one single word longer than that.
 - :meth:`feed` returns pieces of at least ``min_chunk_length`` characters whenever the text
@@ -34,9 +39,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Literal
 
 from .._checks import check_number
+from ..cues import split_cues, unfinished_cue
 from ..errors import SessionStateError, ValidationError
 from ..text import CLAUSE_END, SENTENCE_END, WORD_GAP, is_abbreviation
 
@@ -55,6 +62,9 @@ MAX_PIECE = 600
 
 # How far past chunk_length to look for the whitespace that confirms a sentence end.
 _LOOKAHEAD = 64
+# Longer than any direction (cues.py: a bracketed cue holds at most 80 characters), so a
+# direction that reaches past the window is found whole.
+_LONGEST_DIRECTION = 100
 
 
 class TextChunker:
@@ -107,20 +117,25 @@ class TextChunker:
     def flush(self) -> list[str]:
         """Return everything buffered now, as pieces that respect ``chunk_length``.
 
-        A buffer holding only whitespace stays buffered (it leads the next text).
+        A buffer holding only whitespace stays buffered (it leads the next text), and so
+        does a cue the buffer ends in the middle of (it waits for the rest of it).
         """
         pieces = self._drain()
-        if _NON_SPACE.search(self._buffer):
-            pieces.append(self._buffer)
-            self._buffer = ""
+        end = unfinished_cue(self._buffer)
+        if _NON_SPACE.search(self._buffer, 0, end):
+            pieces.append(self._buffer[:end])
+            self._buffer = self._buffer[end:]
         return pieces
 
     def stop(self) -> list[str]:
-        """End of the stream: return what is left (a remainder of only whitespace is dropped).
+        """End of the stream: return what is left (a remainder of only whitespace is dropped;
+        an unfinished cue goes out as the text it is).
 
         After this, :meth:`feed` raises SessionStateError; ``stop`` and ``flush`` return ``[]``.
         """
         pieces = self.flush()
+        if _NON_SPACE.search(self._buffer):
+            pieces.append(self._buffer)
         self._buffer = ""
         self._stopped = True
         return pieces
@@ -147,11 +162,13 @@ class TextChunker:
         over = _NON_SPACE.search(buf, limit) is not None
         window = buf[: limit + _LOOKAHEAD]
         minimum = self.min_chunk_length
+        inside = _inside_directions(buf, limit + _LOOKAHEAD)
 
-        sentences = [
-            end for end in _ends(SENTENCE_END, window, limit) if not is_abbreviation(buf, end)
-        ]
-        clauses = _ends(CLAUSE_END, window, limit) if self.latency == "low" or over else []
+        def ends(pattern: re.Pattern[str]) -> list[int]:
+            return [end for end in _ends(pattern, window, limit) if not inside(end)]
+
+        sentences = [end for end in ends(SENTENCE_END) if not is_abbreviation(buf, end)]
+        clauses = ends(CLAUSE_END) if self.latency == "low" or over else []
 
         def big(ends: list[int]) -> list[int]:
             return [end for end in ends if _text_end(buf, end) - lead >= minimum]
@@ -168,14 +185,16 @@ class TextChunker:
         gap_ends = [
             end
             for end in (_text_end(buf, m.end()) for m in WORD_GAP.finditer(window))
-            if lead < end <= limit
+            if lead < end <= limit and not inside(end)
         ]
-        for ends in (big(sentences), big(clauses), big(gap_ends), sentences, clauses, gap_ends):
-            if ends:
-                return self._after_space(ends[-1])
-        # One word longer than chunk_length: it becomes a piece of its own, once it ends.
-        gap = WORD_GAP.search(buf, limit)
-        return gap.end() if gap else None
+        for ends_ in (big(sentences), big(clauses), big(gap_ends), sentences, clauses, gap_ends):
+            if ends_:
+                return self._after_space(ends_[-1])
+        # One word (or direction) longer than chunk_length: a piece of its own, once it ends.
+        for gap in WORD_GAP.finditer(buf, limit):
+            if not _inside_directions(buf, gap.end())(_text_end(buf, gap.end())):
+                return gap.end()
+        return None
 
     def _after_space(self, end: int) -> int:
         """A piece ending at ``end`` takes the whitespace after it along."""
@@ -186,6 +205,22 @@ class TextChunker:
 def _ends(pattern: re.Pattern[str], window: str, limit: int) -> list[int]:
     """End indices of the pattern's matches whose text ends within ``limit``."""
     return [m.end() for m in pattern.finditer(window) if m.end() <= limit]
+
+
+def _inside_directions(buf: str, reach: int) -> Callable[[int], bool]:
+    """Whether a piece ending at an index of ``buf`` would cut a direction in two: one
+    within ``buf[:reach]`` (more may not have arrived yet), or one not finished yet."""
+    spans, at = [], 0
+    for part in split_cues(buf[: reach + _LONGEST_DIRECTION]):
+        if part.kind != "words":
+            spans.append((at, at + len(part.text)))
+        at += len(part.text)
+    unfinished = unfinished_cue(buf)
+
+    def inside(end: int) -> bool:
+        return end > unfinished or any(a < end < b for a, b in spans)
+
+    return inside
 
 
 def _text_end(buf: str, gap: int) -> int:
@@ -199,13 +234,18 @@ def _text_end(buf: str, gap: int) -> int:
 def voice_parts(piece: str, limit: int = MAX_PIECE) -> list[str]:
     """What the voice is handed for one piece: control characters (other than whitespace)
     removed, stripped, in parts of at most ``limit`` characters cut at a space where there
-    is one. Nothing for a piece with nothing left to say."""
+    is one and never inside a direction (a cue, a break, a speaker tag) when there is
+    room before it. Nothing for a piece with nothing left to say."""
     text = "".join(
         ch for ch in piece if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cs")
     ).strip()
     parts = []
     while len(text) > limit:
         cut = text.rfind(" ", 1, limit + 1)
+        cut = cut if cut > 0 else limit
+        inside = _inside_directions(text, limit)
+        while cut > 1 and inside(cut):
+            cut = text.rfind(" ", 1, cut)
         cut = cut if cut > 0 else limit
         parts.append(text[:cut].rstrip())
         text = text[cut:].lstrip()

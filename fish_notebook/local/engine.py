@@ -95,6 +95,11 @@ class SpeechChunk:
         """Seconds of audio in this chunk."""
         return len(self.pcm) / 2 / self.sample_rate
 
+    @classmethod
+    def silence(cls, seconds: float, sample_rate: int) -> SpeechChunk:
+        """``seconds`` of digital silence (a pause in the text)."""
+        return cls(b"\x00\x00" * round(seconds * sample_rate), sample_rate)
+
 
 @dataclass(frozen=True)
 class VoiceInfo:
@@ -169,9 +174,14 @@ class Voice:
         normalize_loudness: bool = True,
         cancelled: Callable[[], bool] | None = None,
         deadline: Callable[[], float] | None = None,
+        shift: float = 1.0,
     ) -> Iterator[SpeechChunk]:
         """Speak ``text``; yield one chunk per sentence as soon as it is ready.
 
+        ``shift`` (0.5..2.0) makes a rendition of the voice: pitch and formants times
+        ``shift``, tempo kept. Piper speaks ``shift`` times slower and the chunk's
+        ``sample_rate`` says ``shift`` times the voice's, so the audio is played back that
+        much faster (the encoder resamples it); alignments stay true in that rate.
         ``speed`` (0.5..2.0) scales the tempo (Piper's length scale is divided by it);
         ``volume_db`` (-20..20) is a gain applied after Piper's peak normalization, with
         clipping. ``cancelled`` is checked between sentences and while waiting for a core
@@ -184,10 +194,12 @@ class Voice:
             raise ValidationError("speed", speed, "must be in 0.5..2.0")
         if not -20.0 <= volume_db <= 20.0:
             raise ValidationError("volume_db", volume_db, "must be in -20..20 dB")
+        if not 0.5 <= shift <= 2.0:
+            raise ValidationError("shift", shift, "must be in 0.5..2.0")
         from piper.config import SynthesisConfig
 
         config = SynthesisConfig(
-            length_scale=self._length_scale / speed,
+            length_scale=self._length_scale / speed * shift,
             normalize_audio=normalize_loudness,
             volume=math.pow(10.0, volume_db / 20.0),
         )
@@ -202,7 +214,7 @@ class Voice:
             for chunk in chunks:
                 yield SpeechChunk(
                     pcm=chunk.audio_int16_bytes,
-                    sample_rate=chunk.sample_rate,
+                    sample_rate=round(chunk.sample_rate * shift),
                     phonemes=tuple(chunk.phonemes),
                     alignment=_spans(chunk.phoneme_alignments),
                 )

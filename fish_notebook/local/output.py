@@ -5,8 +5,11 @@
 - every event is noted for the recorder and bounded: a client that reads nothing while an
   event waits for ``idle_timeout`` is dropped (its slot is not held forever);
 - audio goes out in events of at most :data:`MAX_AUDIO_PAYLOAD` bytes (the Fish SDK refuses
-  messages over 64 KiB); on ``/with-timestamp`` each event carries its words, ``chunk_seq``,
-  ``chunk_audio_offset_sec`` and ``time`` (see :mod:`.server`);
+  messages over 64 KiB); on ``/with-timestamp`` each event carries the labels PROTOCOL.md
+  gives the cloud's: ``chunk_seq`` (one per text chunk: :meth:`~SessionOutput.begin_chunk`),
+  ``chunk_audio_offset_sec`` (where the chunk starts on the stream), its ``alignment``
+  snapshot (null until the chunk's first word is heard) and ``content``, and ``time`` (ms
+  since the session began). An encoder's tail carries the latest labels again;
 - :meth:`~SessionOutput.fail` ends the session with a ``log`` and ``finish`` reason
   ``error`` carrying the same message, clipped to :data:`MAX_MESSAGE` characters.
 
@@ -59,8 +62,8 @@ class TimedPart:
 
     data: bytes
     samples: int  # at the requested rate; 0 for an encoder's tail
-    content: str
-    alignment: Alignment
+    content: str  # the chunk's text up to its last word heard so far
+    alignment: Alignment | None  # the chunk's snapshot; None before its first word
 
 
 def clipped(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -97,8 +100,12 @@ class SessionOutput:
         self.loop = asyncio.get_running_loop()
         self.began = self.loop.time()
         self.sample_rate = 0  # of the audio on the timeline; set when the session starts
-        self.chunk_seq = 0  # audio events sent (timestamp sessions)
-        self.samples_sent = 0  # audio samples sent, at the requested rate (timestamp sessions)
+        # Timestamp sessions: the text chunk being spoken, where it starts on the stream
+        # (samples at the requested rate), its latest labels, and the samples sent so far.
+        self.chunk_seq = -1
+        self.chunk_start = 0
+        self.labels: tuple[str, Alignment | None] = ("", None)
+        self.samples_sent = 0
 
     async def send(self, event: ServerEvent) -> None:
         """Send one event. Past ``idle_timeout`` with the client reading nothing, the
@@ -121,24 +128,31 @@ class SessionOutput:
 
     async def audio(self, data: bytes) -> None:
         """Send encoded audio: in events of at most MAX_AUDIO_PAYLOAD bytes, or on
-        ``/with-timestamp`` as one event with no words (an encoder's tail adds no time)."""
+        ``/with-timestamp`` as one event with the chunk's latest labels (an encoder's tail
+        adds no time)."""
         if self.timestamps and data:
-            await self.timed(TimedPart(data, 0, "", Alignment((), 0.0)))
+            await self.timed(TimedPart(data, 0, *self.labels))
             return
         for start in range(0, len(data), MAX_AUDIO_PAYLOAD):
             await self.send(AudioEvent(data[start : start + MAX_AUDIO_PAYLOAD]))
 
+    def begin_chunk(self) -> None:
+        """A new text chunk starts here on the stream (timestamp sessions)."""
+        self.chunk_seq += 1
+        self.chunk_start = self.samples_sent
+        self.labels = ("", None)
+
     async def timed(self, part: TimedPart) -> None:
-        """Send one part of whole words with its place on the session's audio timeline."""
+        """Send one part of the current chunk with its labels (PROTOCOL.md)."""
         event = AudioEvent(
             part.data,
             content=part.content,
             alignment=part.alignment,
-            chunk_seq=self.chunk_seq,
-            chunk_audio_offset_sec=round(self.samples_sent / self.sample_rate, 6),
+            chunk_seq=max(0, self.chunk_seq),
+            chunk_audio_offset_sec=round(self.chunk_start / self.sample_rate, 6),
             time=round((self.loop.time() - self.began) * 1000, 1),
         )
-        self.chunk_seq += 1
+        self.labels = (part.content, part.alignment)
         self.samples_sent += part.samples
         await self.send(event)
 

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..errors import ValidationError
 from ..protocol import LIVE_TIMESTAMP_PATH, TTSRequest, resolve_model
+from .cast import choose_cast
 from .chunker import TextChunker
 from .connection import Connection, Disconnected
 from .encoding import StreamEncoder
@@ -24,7 +26,7 @@ from .output import SessionFailed, SessionOutput
 from .reader import FrameReader
 from .recorder import Recorder, SessionNotes
 from .speaker import Speaker
-from .synthesis import Synthesis, choose_voice
+from .synthesis import Synthesis
 
 __all__ = ["LiveSession", "SessionContext"]
 
@@ -82,6 +84,10 @@ class LiveSession:
         """Serve the session to its end: finish sent and socket closed, or client gone."""
         try:
             request = await self.reader.start()
+            try:
+                request.check_for_model(self.model)
+            except ValidationError as exc:
+                raise SessionFailed(f"bad start: {exc}") from exc
             speaker, chunker = await self._prepare(request)
             self.reader.idle = lambda: speaker.idle
             await self._converse(chunker, speaker)
@@ -94,22 +100,23 @@ class LiveSession:
             self.notes.closed(self.connection.close_code)
 
     async def _prepare(self, request: TTSRequest) -> tuple[Speaker, TextChunker]:
-        """The voice, encoder and chunker the request asks for."""
+        """The voices, encoder and chunker the request asks for."""
         context = self.context
-        voice = await choose_voice(
+        cast = await choose_cast(
             context.voices, request, context.pool, self.output.log, timestamps=self.timestamps
         )
-        self.notes.voice(voice.name)
+        self.notes.voice(", ".join(cast.names))
         encoder = StreamEncoder.for_request(request)
         self.output.sample_rate = encoder.sample_rate
         synthesis = Synthesis(
-            voice,
+            cast,
             request,
             encoder,
             context.pool,
             timestamps=self.timestamps,
             cancelled=lambda: self.cancelled,
             notes=self.notes,
+            log=self.output.log,
         )
         chunker = TextChunker(
             chunk_length=request.chunk_length,

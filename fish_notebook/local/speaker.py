@@ -3,8 +3,9 @@
 The session's reader :meth:`~Speaker.queue`\\ s the pieces its chunker hands out and
 :meth:`~Speaker.end`\\ s the queue at ``stop``; :meth:`~Speaker.run` speaks them. Whenever
 the queue runs empty after a piece, the encoder's held-back bytes go out at once (an MP3
-run ends), so a flushed piece is heard in full without waiting for more text. The queue
-itself is unbounded: the reader bounds it in characters (``max_text``), counting
+run ends, labelled as the piece's last audio), so a flushed piece is heard in full without
+waiting for more text. Each piece is one text chunk (``/with-timestamp``). The queue is
+unbounded: the reader bounds it in characters (``max_text``), counting
 :attr:`~Speaker.pending_chars`.
 """
 
@@ -57,6 +58,7 @@ class Speaker:
         while (item := await self._work.get()) is not _END:
             assert isinstance(item, str)
             self.busy = True
+            self.output.begin_chunk()  # each piece is one text chunk on /with-timestamp
             try:
                 async with contextlib.aclosing(self.synthesis.speak(item)) as sentences:
                     async for audio in sentences:

@@ -9,13 +9,16 @@ whole file. Guarantees:
 - A bad request is answered before any synthesis, with a 4xx JSON body
   ``{"status", "message"}`` that says what to do: a body that is not JSON / MessagePack
   (400), a content type that is neither (415), a field of the wrong type or range (400),
-  no text (400), more than ``max_text`` characters (413), a body over ``max_frame_size``
-  (413, from its ``Content-Length``), a body that takes longer than ``idle_timeout`` to
-  arrive (408), a request past ``max_sessions`` (429, with ``max_concurrency``).
+  a list of voices for a model that takes one (400), no text (400), more than
+  ``max_text`` characters (413), a body over ``max_frame_size`` (413, from its
+  ``Content-Length``), a body that takes longer than ``idle_timeout`` to arrive (408), a
+  request past ``max_sessions`` (429, with ``max_concurrency``).
 - A request holds a session slot from its body until its last byte; a client that leaves
   mid-answer stops the synthesis after its current sentence and frees the slot.
-- What the request asks for that the local voice cannot honour (several voices, cloning,
-  an unknown ``reference_id``) is logged, and the default voice speaks.
+- The text is performed as on the WebSocket (:mod:`.synthesis`): speaker tags and a
+  ``reference_id`` list give each speaker a voice (:mod:`.cast`), breaks are silence,
+  delivery cues are skipped. What the local voices cannot honour (cues, cloning, an
+  unknown ``reference_id``) is logged once, and the default voice speaks.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from tornado.web import stream_request_body
 from .. import formats
 from ..errors import ValidationError
 from ..protocol import AudioEvent, FinishEvent, StartEvent, TTSRequest, resolve_model
+from .cast import choose_cast
 from .chunker import TextChunker, voice_parts
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
 from .http import JsonHandler
 from .output import clipped
 from .recorder import SessionNotes
-from .synthesis import Synthesis, choose_voice
+from .synthesis import Synthesis
 
 __all__ = ["TTS_PATH", "BadRequest", "TTSHandler", "parse_request"]
 
@@ -56,8 +60,11 @@ class BadRequest(Exception):
         self.message = message
 
 
-def parse_request(content_type: str, body: bytes, max_text: int) -> TTSRequest:
-    """The request in ``body``, checked. Raises BadRequest saying what is wrong."""
+def parse_request(
+    content_type: str, body: bytes, max_text: int, model: str | None = None
+) -> TTSRequest:
+    """The request in ``body`` for the ``model`` header, checked. Raises BadRequest saying
+    what is wrong."""
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind in _MSGPACK_TYPES:
         try:
@@ -83,6 +90,7 @@ def parse_request(content_type: str, body: bytes, max_text: int) -> TTSRequest:
         raise BadRequest(413, f"'text' is longer than {max_text} characters: send it in parts")
     try:
         request = TTSRequest.from_wire(data)
+        request.check_for_model(model)
     except (ValidationError, TypeError, ValueError, RecursionError) as exc:
         raise BadRequest(400, f"bad request field: {exc}") from exc
     if request.format not in SUPPORTED_FORMATS:
@@ -149,6 +157,7 @@ class TTSHandler(JsonHandler):
                 self.request.headers.get("Content-Type", ""),
                 bytes(self._body),
                 self.server.max_text,
+                self.request.headers.get("model"),
             )
         except BadRequest as bad:
             self.fail(bad.status, bad.message)
@@ -173,12 +182,13 @@ class TTSHandler(JsonHandler):
         notes = SessionNotes(self.server.recorder, headers, resolve_model(headers.get("model")))
         notes.received(StartEvent(request))
         context = self.server.session_context()
-        voice = await choose_voice(context.voices, request, context.pool, _log)
-        notes.voice(voice.name)
+        cast = await choose_cast(context.voices, request, context.pool, _log)
+        notes.voice(", ".join(cast.names))
         encoder = StreamEncoder.for_request(request)
         synthesis = Synthesis(
-            voice, request, encoder, context.pool, cancelled=lambda: self._gone, notes=notes
-        )
+            cast, request, encoder, context.pool, cancelled=lambda: self._gone, notes=notes,
+            log=_log,
+        )  # fmt: skip
         self.set_header("Content-Type", formats.get(request.format).mime)
         try:
             for part in _parts(request):

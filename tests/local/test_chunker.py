@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fish_notebook.cues import split_cues
 from fish_notebook.errors import SessionStateError, ValidationError
-from fish_notebook.local.chunker import TextChunker
+from fish_notebook.local.chunker import TextChunker, voice_parts
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 _CJK_PUNCT = "。！？，、；：「」"
@@ -287,3 +288,88 @@ def test_flushes_never_lose_text(case: tuple[str, list[str]], flush_after: list[
     joined = "".join(pieces)
     assert text.startswith(joined)
     assert text[len(joined) :].strip() == ""
+
+
+# --- directions: cues, breaks, speaker tags ---------------------------------------------------
+
+
+def test_flush_holds_an_unfinished_cue_until_it_is_whole() -> None:
+    """A flush hands out the text before a cue cut in two, never the half cue."""
+    chunker = TextChunker(min_chunk_length=0)
+    assert chunker.feed("So [slightly") == []
+    assert chunker.flush() == ["So "]
+    assert chunker.buffered == "[slightly"
+    assert chunker.feed(" sad] then.") == []
+    assert chunker.flush() == ["[slightly sad] then."]
+    assert chunker.feed("Hi <|speak") == [] and chunker.flush() == ["Hi "]
+    assert chunker.stop() == ["<|speak"]  # at the end it is the text it is
+
+
+def test_no_cut_inside_a_cue_past_chunk_length() -> None:
+    """A long text is cut before a cue that holds a sentence end, not inside it."""
+    cue = "[audience laughing. Then quiet, mostly]"
+    text = "word " * 17 + cue + " and the rest goes on here. "
+    chunker = TextChunker(chunk_length=100, min_chunk_length=0, latency="low")
+    pieces = chunker.feed(text) + chunker.stop()
+    assert "".join(pieces) == text
+    assert sum(cue in piece for piece in pieces) == 1
+
+
+def test_voice_parts_never_cut_a_cue() -> None:
+    """A piece longer than the voice takes at once is cut before a cue that reaches over."""
+    text = "ab " * 195 + "x [slightly sad] yz " + "cd " * 20
+    parts = voice_parts(text)
+    assert len(parts) == 2 and parts[1].startswith("[slightly sad]")
+
+
+_DIRECTION = st.sampled_from(
+    [
+        "[happy]",
+        "[slightly sad]",
+        "[audience laughing. Then quiet, mostly]",
+        "(in a hurry tone)",
+        "(happy)",
+        "<|speaker:1|>",
+        "[break]",
+        "(long-break)",
+    ]
+)
+_DIRECTED = st.lists(st.tuples(_WORD | _DIRECTION, _SEP), max_size=60).map(
+    lambda ws: "".join(w + s for w, s in ws)
+)
+
+
+def direction_spans(text: str) -> list[tuple[int, int]]:
+    spans, at = [], 0
+    for part in split_cues(text):
+        if part.kind != "words":
+            spans.append((at, at + len(part.text)))
+        at += len(part.text)
+    return spans
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DIRECTED, st.data(), _OPTIONS)
+def test_pieces_never_end_inside_a_direction(
+    text: str, data: st.DataObject, options: tuple[int, int, str]
+) -> None:
+    """Whatever the split and the flushes: nothing lost, no piece ends inside a cue, a
+    break or a speaker tag of the whole text, and pieces fit chunk_length."""
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(text)), max_size=20)))
+    parts = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+    flushes = data.draw(st.sets(st.integers(0, len(parts)), max_size=5))
+    chunk_length, min_length, latency = options
+    chunker = TextChunker(chunk_length=chunk_length, min_chunk_length=min_length, latency=latency)  # type: ignore[arg-type]
+    pieces: list[str] = []
+    for index, part in enumerate(parts):
+        pieces.extend(chunker.feed(part))
+        if index in flushes:
+            pieces.extend(chunker.flush())
+    pieces.extend(chunker.stop())
+    joined = "".join(pieces)
+    assert text.startswith(joined) and text[len(joined) :].strip() == ""
+    spans = direction_spans(text)
+    for cut in cut_positions(pieces):
+        assert not any(a < cut < b for a, b in spans), (cut, text[cut - 20 : cut + 20])
+    for piece in pieces:
+        assert len(piece.strip()) <= chunk_length

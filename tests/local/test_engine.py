@@ -47,6 +47,22 @@ def test_speed_and_volume() -> None:
     assert rms(speak(volume_db=-20)) < rms(normal) / 5
 
 
+def test_a_shifted_rendition_keeps_the_tempo_and_its_alignment() -> None:
+    """shift 1.3: Piper speaks 1.3 times slower and the chunk says a 1.3 times higher rate,
+    so it lasts as long as the voice itself (Piper's noise aside) and its phoneme
+    alignment still adds up to its samples; a shift outside 0.5..2.0 is refused."""
+    voice = VoiceLibrary().default(alignment=True)
+    (plain,) = voice.synthesize(SENTENCE)
+    (shifted,) = voice.synthesize(SENTENCE, shift=1.3)
+    assert shifted.sample_rate == round(voice.sample_rate * 1.3)
+    assert len(shifted.pcm) > 1.15 * len(plain.pcm)  # more samples...
+    assert shifted.duration == pytest.approx(plain.duration, rel=0.15)  # ...in the same time
+    assert shifted.alignment is not None
+    assert sum(span.samples for span in shifted.alignment) == len(shifted.pcm) // 2
+    with pytest.raises(ValidationError, match="shift"):
+        next(voice.synthesize("Hi.", shift=2.5))
+
+
 def test_out_of_range_prosody_is_refused() -> None:
     """speed and volume outside the protocol's ranges raise ValidationError."""
     voice = VoiceLibrary().default()

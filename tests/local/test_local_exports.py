@@ -11,13 +11,16 @@ import pytest
 MODULES = [
     "fish_notebook.local",
     "fish_notebook.local.asr",
+    "fish_notebook.local.cast",
     "fish_notebook.local.chunker",
+    "fish_notebook.local.directions",
     "fish_notebook.local.cli",
     "fish_notebook.local.encoding",
     "fish_notebook.local.engine",
     "fish_notebook.local.recorder",
     "fish_notebook.local.server",
     "fish_notebook.local.slots",
+    "fish_notebook.local.synthesis",
 ]
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -14,8 +17,14 @@ from hypothesis import strategies as st
 from local_wire import FLUSH, LIVE, SENTENCE, STOP, Outcome, read_all, start, text
 from websockets.asyncio.client import connect
 
+from fish_notebook.cues import Pause, strip_cues
 from fish_notebook.local import ThreadedServer, timing
-from fish_notebook.local.engine import PhonemeSpan, VoiceLibrary
+from fish_notebook.local.cast import Cast
+from fish_notebook.local.directions import split_turns
+from fish_notebook.local.encoding import StreamEncoder
+from fish_notebook.local.engine import PhonemeSpan, SpeechChunk, VoiceLibrary
+from fish_notebook.local.output import TimedPart
+from fish_notebook.local.synthesis import Synthesis
 from fish_notebook.local.timing import (
     TextWord,
     TimedWord,
@@ -25,7 +34,7 @@ from fish_notebook.local.timing import (
     split_words,
     time_words,
 )
-from fish_notebook.protocol import LIVE_TIMESTAMP_PATH
+from fish_notebook.protocol import LIVE_TIMESTAMP_PATH, TTSRequest
 
 TRICKY = "Hello, world! It was the best of times; in 1999 about 12,500 people — ok? Yes"
 
@@ -209,6 +218,86 @@ def test_real_voice_times_fit_the_audio(timed_voice: Any) -> None:
     assert seen == [p.word.text for p in plan.places]
 
 
+class RecordingVoice:
+    """A real voice that keeps every sentence it speaks: (text handed, index, chunk)."""
+
+    def __init__(self, voice: Any) -> None:
+        self.voice = voice
+        self.spoken: list[tuple[str, int, SpeechChunk]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.voice, name)
+
+    def synthesize(self, text: str, **options: Any) -> Iterator[SpeechChunk]:
+        for index, chunk in enumerate(self.voice.synthesize(text, **options)):
+            self.spoken.append((text, index, chunk))
+            yield chunk
+
+
+def heard_at(voice: RecordingVoice, piece: str) -> list[tuple[str, float, float]]:
+    """Each word of ``piece`` and when it is heard, from the voice's own phoneme alignment
+    of what it spoke (pauses as cues.py says), seconds from the piece's first sample."""
+    spoken = iter(voice.spoken)
+    words, at = [], 0.0
+    for item in split_turns(piece).items:
+        if isinstance(item, Pause):
+            at += round(item.seconds * voice.sample_rate) / voice.sample_rate
+            continue
+        plan = WordPlan(item.text, voice.phonemize(item.text), voice.phonemize_word)
+        for _ in plan.sentences:
+            text, index, chunk = next(spoken)
+            assert text == item.text
+            samples = len(chunk.pcm) // 2
+            timed = plan.timed(index, chunk.phonemes, chunk.alignment, samples)
+            assert timed is not None
+            rate = chunk.sample_rate
+            words += [(w.word.text, at + w.start / rate, at + w.end / rate) for w in timed]
+            at += samples / rate
+    assert next(spoken, None) is None
+    return words
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 16000])
+async def test_each_word_is_where_the_voice_says_it(timed_voice: Any, rate: int) -> None:
+    """The last snapshot of a chunk holds every word once, at the sample where the voice's
+    phoneme alignment puts it (a sample's rounding after resampling); snapshots only grow;
+    cues are no words and a long break is 0.8 s of the chunk's time."""
+    voice = RecordingVoice(timed_voice)
+    piece = "Hello, world! [happy] It was the best of times; [long-break] in 1999 about 12,500."
+    request = TTSRequest(format="pcm", sample_rate=rate)
+    with ThreadPoolExecutor(2) as pool:
+        cast = Cast(voice)  # type: ignore[arg-type]
+        synthesis = Synthesis(cast, request, StreamEncoder("pcm", rate), pool, timestamps=True)
+        parts = [part async for part in synthesis.speak(piece)]
+    assert all(isinstance(part, TimedPart) for part in parts)
+    snapshots = [part.alignment for part in parts if isinstance(part, TimedPart)]
+    for before, after in itertools.pairwise(snapshots):
+        assert before is not None and after is not None
+        assert after.segments[: len(before.segments)] == before.segments
+    final = snapshots[-1]
+    assert final is not None
+    expected = heard_at(voice, piece)
+    assert [s.text for s in final.segments] == [text for text, _, _ in expected]
+    assert "[happy]" not in " ".join(s.text for s in final.segments)
+    for segment, (_, begins, ends) in zip(final.segments, expected, strict=True):
+        assert segment.start == pytest.approx(begins, abs=1 / rate + 1e-6)
+        assert segment.end == pytest.approx(ends, abs=1 / rate + 1e-6)
+    pcm = sum(len(p.data) for p in parts if isinstance(p, TimedPart)) // 2
+    assert final.audio_duration == pytest.approx(pcm / rate, abs=1e-6)
+
+
+def test_the_official_sdk_has_no_timestamp_stream() -> None:
+    """fish-audio-sdk 1.3.0 streams /v1/tts/live only: nothing in it asks for word timings,
+    so only our client reads /with-timestamp. Fails when an SDK update adds it (test it then)."""
+    import fish_audio_sdk
+    import fishaudio
+
+    for package in (fishaudio, fish_audio_sdk):
+        root = Path(str(package.__file__)).parent
+        for source in root.rglob("*.py"):
+            assert "with-timestamp" not in source.read_text(encoding="utf-8"), source
+
+
 # --- the endpoint ------------------------------------------------------------------------------
 
 
@@ -219,32 +308,72 @@ async def timestamp_session(url: str, frames: Sequence[bytes]) -> Outcome:
         return await read_all(ws, 120)
 
 
+def spoken_words(text: str) -> list[str]:
+    """The words of ``text`` a voice says: cues, breaks and speaker tags are not words."""
+    return [w for part in strip_cues(text) if isinstance(part, str) for w in part.split()]
+
+
+@dataclass
+class Chunk:
+    """What a client knows of one text chunk after reading its events."""
+
+    offset: float
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+    audio_bytes: int = 0
+
+
 def check_events(out: Outcome, rate: int, spoken: str, *, pcm_bytes: bool) -> list[Any]:
-    """The properties every with-timestamp session must have; returns (text, start, end)."""
+    """The cloud's with-timestamp shape (PROTOCOL.md), checked event by event; returns each
+    word of each chunk's final snapshot as (text, start, end) on the stream's timeline.
+
+    Per chunk_seq (0, 1, ... in order, never back): one chunk_audio_offset_sec, where the
+    chunk before ended; alignment null only before the chunk's first word, then snapshots
+    that only grow (each holds the last one's words, unchanged, then new ones) with times
+    in order inside audio_duration; content the chunk's text up to its last word.
+    """
     assert out.finish == {"event": "finish", "reason": "stop"}
     audio = out.named("audio")
     assert audio
-    words: list[Any] = []
-    offset = 0.0
-    for seq, event in enumerate(audio):
-        assert event["chunk_seq"] == seq
-        assert event["chunk_audio_offset_sec"] == pytest.approx(offset, abs=1e-5)
+    chunks: dict[int, Chunk] = {}
+    seq, received = -1, 0
+    for event in audio:
+        assert {"content", "alignment", "chunk_seq", "chunk_audio_offset_sec", "time"} <= set(event)
         assert event["time"] >= 0
+        if event["chunk_seq"] != seq:
+            assert event["chunk_seq"] == seq + 1
+            before = chunks.get(seq)
+            end = before.offset + before.duration if before else 0.0
+            if pcm_bytes:
+                end = received / 2 / rate
+            assert event["chunk_audio_offset_sec"] == pytest.approx(end, abs=2e-6)
+            seq = event["chunk_seq"]
+            chunks[seq] = Chunk(event["chunk_audio_offset_sec"])
+        chunk = chunks[seq]
+        assert event["chunk_audio_offset_sec"] == chunk.offset
+        chunk.audio_bytes += len(event["audio"])
+        received += len(event["audio"])
         alignment = event["alignment"]
-        duration = alignment["audio_duration"]
+        if alignment is None:
+            assert not chunk.segments and event["content"] == ""
+            continue
+        segments, duration = alignment["segments"], alignment["audio_duration"]
+        assert segments[: len(chunk.segments)] == chunk.segments  # cumulative, never shrinking
+        assert len(segments) >= len(chunk.segments) and duration >= chunk.duration
         if pcm_bytes:
-            assert duration == pytest.approx(len(event["audio"]) / 2 / rate, abs=1e-5)
-        segments = alignment["segments"]
-        assert [w for s in segments for w in words_of(s["text"])] == words_of(event["content"])
+            assert duration == pytest.approx(chunk.audio_bytes / 2 / rate, abs=2e-6)
         last_end = 0.0
         for segment in segments:
             assert last_end <= segment["start"] <= segment["end"] <= duration
             last_end = segment["end"]
-            words.append((segment["text"], offset + segment["start"], offset + segment["end"]))
-        if segments:
-            assert duration - segments[-1]["end"] <= 0.1
-        offset += duration
-    assert [w for text, _, _ in words for w in words_of(text)] == words_of(spoken)
+        assert [w for s in segments for w in words_of(s["text"])] == spoken_words(event["content"])
+        chunk.segments, chunk.duration = segments, duration
+    words = [
+        (s["text"], chunk.offset + s["start"], chunk.offset + s["end"])
+        for chunk in chunks.values()
+        for s in chunk.segments
+    ]
+    assert [w for text, _, _ in words for w in words_of(text)] == spoken_words(spoken)
     return words
 
 
@@ -258,9 +387,12 @@ async def test_with_timestamp_events(
     request: dict[str, Any] = {"format": audio_format, "sample_rate": rate}
     out = await timestamp_session(local_server.url, [start(**request), text(TRICKY), STOP])
     check_events(out, rate, TRICKY, pcm_bytes=audio_format == "pcm")
-    if audio_format == "mp3":
-        tail = out.named("audio")[-1]
-        assert tail["content"] == "" and tail["alignment"]["audio_duration"] == 0.0
+    audio = out.named("audio")
+    if audio_format == "mp3":  # the encoder's tail repeats its chunk's last labels
+        tail, before = audio[-1], audio[-2]
+        assert tail["alignment"] == before["alignment"] and tail["content"] == before["content"]
+    snapshots = [e["alignment"] for e in audio if e["alignment"]]
+    assert len({len(a["segments"]) for a in snapshots}) > 1  # rendered in several snapshots
 
 
 async def test_word_times_follow_the_speech_not_an_even_split(
@@ -293,12 +425,28 @@ async def test_flushes_and_slow_speech_stay_on_one_timeline(
     assert starts == sorted(starts)
 
 
+async def test_a_chunk_that_starts_with_a_pause_has_no_alignment_yet(
+    local_server: ThreadedServer,
+) -> None:
+    """A chunk opening with a break sends its silence with a null alignment and no content,
+    then snapshots; speaker tags and cues are in the content as sent, never in the words."""
+    spoken = "[long-break] <|speaker:1|>Hello there. <|speaker:0|>[happy] Bye now."
+    frames = [start(format="pcm", sample_rate=16000), text(spoken), STOP]
+    out = await timestamp_session(local_server.url, frames)
+    words = check_events(out, 16000, spoken, pcm_bytes=True)
+    audio = out.named("audio")
+    assert audio[0]["alignment"] is None and audio[0]["content"] == ""
+    assert sum(len(e["audio"]) for e in audio if e["alignment"] is None) >= 0.8 * 16000 * 2
+    assert words[0][1] >= 0.8  # the first word after the long break
+    assert audio[-1]["content"] == spoken
+
+
 async def test_text_without_words_ends_cleanly(local_server: ThreadedServer) -> None:
     """Punctuation alone (nothing to speak, or nothing but silence) still finishes."""
     out = await timestamp_session(local_server.url, [start(format="pcm"), text("— ... !"), STOP])
     assert out.finish == {"event": "finish", "reason": "stop"}
     for event in out.named("audio"):
-        segments = event["alignment"]["segments"]
+        segments = event["alignment"]["segments"] if event["alignment"] else []
         assert [w for s in segments for w in words_of(s["text"])] == words_of(event["content"])
 
 
