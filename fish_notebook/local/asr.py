@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..audio import UNKNOWN_SIZE, WavStreamParser
-from ..errors import MissingDependencyError, ProtocolError, ValidationError
+from ..errors import MissingDependencyError, ProtocolError, ValidationError, require
 from .slots import usable_cores
 
 if TYPE_CHECKING:
@@ -119,12 +119,8 @@ class PreparedAudio:
 
 
 def _import_numpy_soxr() -> tuple[Any, Any]:
-    try:
-        import numpy
-        import soxr
-    except ImportError as exc:
-        raise MissingDependencyError("soxr", "listen", "Speech recognition") from exc
-    return numpy, soxr
+    numpy = require("numpy", "numpy", "listen", "Speech recognition")
+    return numpy, require("soxr", "soxr", "listen", "Speech recognition")
 
 
 def _size(audio: bytes) -> str:

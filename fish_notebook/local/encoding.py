@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import formats
-from ..errors import MissingDependencyError, ValidationError
+from ..errors import ValidationError, require
 from ..protocol import TTSRequest
 
 __all__ = ["SUPPORTED_FORMATS", "StreamEncoder", "opus_kbps"]
@@ -46,12 +46,8 @@ def opus_kbps(opus_bitrate: int) -> int:
 
 
 def _import_numpy_soxr() -> tuple[Any, Any]:
-    try:
-        import numpy
-        import soxr
-    except ImportError as exc:
-        raise MissingDependencyError("soxr", "local", "Resampling speech") from exc
-    return numpy, soxr
+    numpy = require("numpy", "numpy", "local", "Resampling speech")
+    return numpy, require("soxr", "soxr", "local", "Resampling speech")
 
 
 class StreamEncoder:
