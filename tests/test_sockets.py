@@ -145,10 +145,13 @@ async def test_an_open_socket_holds_no_session_slot(small_server: ThreadedServer
     assert small_server.server.active_sessions == 0
 
 
-async def test_a_start_past_the_limit_is_refused_on_a_reused_socket(
-    small_server: ThreadedServer,
-) -> None:
+async def test_a_start_past_the_limit_is_refused_on_a_reused_socket() -> None:
     """A second session's start while the only slot is taken: the error event, code 1013."""
+    with LocalServer(max_sessions=1, idle_timeout=60).run_in_thread() as server:
+        await refused_on_a_reused_socket(server)
+
+
+async def refused_on_a_reused_socket(small_server: ThreadedServer) -> None:
     async with connect(small_server.url + LIVE) as busy, connect(small_server.url + LIVE) as ws:
         assert (await one_session(ws, start(), text("Before."), STOP))[-1] == FINISH
         await busy.send(start())
