@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fish_notebook import _loop
+from fish_notebook.pool import socket_pool
+
 #: Every field of the ``request`` map of a ``start`` event, as PROTOCOL.md lists them.
 REQUEST_FIELDS = frozenset(
     {
@@ -59,3 +62,13 @@ class RecordingListener:
 
     def of(self, kind: str) -> list[Any]:
         return [value for name, value in self.calls if name == kind]
+
+
+def close_warm_sockets() -> None:
+    """Close the warm sockets of fish-notebook's background loop (left by earlier tests),
+    so that a test counting that loop's tasks sees only its own."""
+
+    async def close() -> None:
+        await socket_pool().aclose()
+
+    _loop.run_sync(close(), 10)

@@ -26,7 +26,7 @@ from fish_notebook import (
     _loop,
 )
 from fish_notebook.client import AsyncRealtimeClient
-from fish_notebook.pool import socket_pool
+from tests.helpers import close_warm_sockets
 from tests.wire_server import threaded_wire_server
 
 SOURCE = ["One sentence.", FlushEvent(), " Two sentences.", FlushEvent(), " Three."]
@@ -50,11 +50,7 @@ def _source_threads() -> list[threading.Thread]:
 def _no_warm_sockets_from_other_tests() -> None:
     """Close the background loop's warm sockets first: their keepalive tasks belong to
     earlier tests, and a failed session here must leave none of its own."""
-
-    async def empty() -> None:
-        await socket_pool().aclose()
-
-    _loop.run_sync(empty(), 10)
+    close_warm_sockets()
     assert not _settle(_io_tasks)
 
 
