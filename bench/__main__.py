@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 run(
                     "row 2f (socket reuse, 100 ms RTT proxy)",
-                    lambda: [reuse.socket_reuse_row(proxy_url, max(5, 2 * plan.ttfa_repeats))],
+                    lambda: [reuse.socket_reuse_row(proxy_url, max(10, 4 * plan.ttfa_repeats))],
                 )
             if "3" in wanted:
                 run(

@@ -57,7 +57,7 @@ from .errors import (
     refused,
 )
 from .options import SocketOptions, StreamSpec, Timeout, build_request
-from .pool import PoolKey, socket_pool, usable
+from .pool import PoolKey, StreamLink
 from .protocol import (
     DEFAULT_MODEL,
     AudioEvent,
@@ -89,8 +89,6 @@ __all__ = [
 logger = logging.getLogger("fish_notebook.client")
 
 _UNSET: Any = object()
-#: Most bytes of frames kept to send again when a reused socket turns out closed.
-MAX_REPLAY_BYTES = 1024 * 1024
 
 
 # --- the stream ----------------------------------------------------------------------------
@@ -108,8 +106,8 @@ class AsyncRealtimeStream:
     loop's :class:`~fish_notebook.pool.SocketPool` when one is there, and after a clean
     ``finish`` puts its socket back instead of closing it. If a reused socket closes before
     the server has answered anything (the server closed it between sessions, or it died),
-    the stream connects anew once and sends its frames again (at most
-    :data:`MAX_REPLAY_BYTES`): the caller sees no error. Any other end closes the socket.
+    the stream connects anew once and sends its frames again (at most 1 MiB of them): the
+    caller sees no error. Any other end closes the socket.
 
     A failed stream raises, from the iteration: WebSocketError (finish reason=error, an error
     event, socket closed without finish), ServerBusyError, ReceiveTimeout, ProtocolError.
@@ -133,20 +131,14 @@ class AsyncRealtimeStream:
         self.model = spec.model
         self.timestamps = spec.timestamps
         self.url = endpoint.ws_url(timestamps=spec.timestamps)
-        self.reused = False  # True when the stream runs on a socket a finished session left
         self._socket = spec.socket
         self._headers = dict(headers)
         self._timeout = timeout
         self._log = log
-        self._reuse = reuse
-        self._key = PoolKey.of(self.url, self._headers, (spec.socket, timeout.close))
         self._protocol = RealtimeProtocol(spec.request)
-        self._ws: ClientConnection | None = None
+        key = PoolKey.of(self.url, self._headers, (spec.socket, timeout.close))
+        self._link = StreamLink(key, self._connect, reuse=reuse, closed=self._is_closed)
         self._opened = asyncio.Event()  # set once start is sent, or on close
-        self._sending = asyncio.Lock()  # one frame at a time; a reconnection goes between
-        # Frames sent on a reused socket before the server answered, to send again on a new
-        # one if that socket turns out closed. None: no reconnection (fresh, or answered).
-        self._replay: list[bytes] | None = None
 
     def __repr__(self) -> str:
         where = self.endpoint.safe_base
@@ -161,14 +153,19 @@ class AsyncRealtimeStream:
         """The ``finish`` event of a clean end (``FinishEvent``), or None before it."""
         return self._protocol.finish
 
+    @property
+    def reused(self) -> bool:
+        """True when the stream runs on a socket a finished session left in the pool."""
+        return self._link.reused
+
+    def _is_closed(self) -> bool:
+        return self._protocol.state is StreamState.CLOSED
+
     async def open(self) -> AsyncRealtimeStream:
         """Connect (or take a warm socket), handshake and send ``start``. Bounded by
         ``timeout.connect``."""
         self._protocol.connecting()
-        ws = socket_pool().take(self._key) if self._reuse else None
-        if ws is not None:
-            self.reused, self._replay = True, []
-        self._ws = ws or await self._connect()
+        await self._link.open()
         try:
             await self._transmit(self._protocol.opened())
         except BaseException:
@@ -180,11 +177,7 @@ class AsyncRealtimeStream:
     async def warm(self) -> bool:
         """Open this stream's socket and leave it in the pool for a later stream; the stream
         itself stays unopened. False when the pool holds one already or reuse is off."""
-        pool = socket_pool()
-        if not self._reuse or pool.holds(self._key):
-            return False
-        pool.put(self._key, await self._connect())
-        return True
+        return await self._link.warm()
 
     async def _connect(self) -> ClientConnection:
         s = self._socket
@@ -233,51 +226,14 @@ class AsyncRealtimeStream:
     async def _transmit(self, event: ClientEvent | None) -> None:
         if event is None:
             return
-        frame = pack(event)
-        async with self._sending:
-            ws = self._ws
-            if ws is None:  # the protocol allowed it, so only a bug gets here
-                raise SessionStateError("the stream has no socket; open it first")
-            self._keep_for_replay(frame)
-            with self._foreign_errors():
-                try:
-                    await ws.send(frame)
-                except ConnectionClosed:
-                    if not await self._reconnect(ws):  # the frame goes with the replay
-                        raise
-
-    def _keep_for_replay(self, frame: bytes) -> None:
-        if self._replay is None:
-            return
-        if sum(map(len, self._replay)) + len(frame) > MAX_REPLAY_BYTES:
-            self._replay = None  # too much to send again: no reconnection
-        else:
-            self._replay.append(frame)
-
-    async def _reconnect(self, ws: ClientConnection) -> bool:
-        """``ws`` closed. Reconnect once if it was a reused socket the server let go of before
-        answering this session (a normal close, or no close frame), and send again what went
-        out on it. False when that does not apply. Call it holding ``_sending``."""
-        if self._ws is not ws:
-            return self._ws is not None  # the other task reconnected already
-        received = ws.protocol.close_rcvd
-        if self._replay is None or (received is not None and received.code not in (1000, 1001)):
-            return False
-        frames, self._replay = self._replay, None
-        self._log.debug("the reused socket was closed before the session began: reconnecting")
-        self._ws = None
-        new = await self._connect()
-        if self._protocol.state is StreamState.CLOSED:  # closed meanwhile: not ours to keep
-            await new.close()
-            return False
-        self._ws = new
-        for frame in frames:
-            await new.send(frame)
-        return True
+        if self._link.ws is None:  # the protocol allowed it, so only a bug gets here
+            raise SessionStateError("the stream has no socket; open it first")
+        with self._foreign_errors():
+            await self._link.send(pack(event))
 
     async def receive(self) -> ServerEvent | None:
         """The next event, or None once the stream has finished cleanly or was closed."""
-        if self._ws is None or self._protocol.state is StreamState.CLOSED:
+        if self._link.ws is None or self._protocol.state is StreamState.CLOSED:
             return None
         try:
             with self._foreign_errors():
@@ -286,32 +242,24 @@ class AsyncRealtimeStream:
         except FishNotebookError:
             await self.aclose()
             raise
-        self._replay = None  # the server answered on this socket: it is ours now
-        if self._protocol.state is StreamState.CLOSED:
-            await self._release()  # finish: the stream is over
+        self._link.answered()
+        if self._protocol.state is StreamState.CLOSED:  # finish: the stream is over
+            finish = self._protocol.finish
+            await self._link.release(clean=finish is not None and finish.reason == "stop")
+            await self.aclose()
         return event
 
     async def _next_frame(self) -> bytes | str:
         """The next frame; a reused socket closed before the server answered is replaced."""
         while True:
-            ws = self._ws
+            ws = self._link.ws
             if ws is None:
                 raise SessionStateError("the stream has no socket; open it first")
             try:
                 return await self._recv_frame(ws)
             except ConnectionClosed:
-                async with self._sending:
-                    if not await self._reconnect(ws):
-                        raise
-
-    async def _release(self) -> None:
-        """After ``finish``: a clean one leaves the socket in the pool, anything else closes it."""
-        finish, ws = self._protocol.finish, self._ws
-        clean = finish is not None and finish.reason == "stop"
-        if self._reuse and clean and ws is not None and usable(ws):
-            self._ws = None
-            socket_pool().put(self._key, ws)
-        await self.aclose()
+                if not await self._link.recover(ws):
+                    raise
 
     async def _recv_frame(self, ws: ClientConnection) -> bytes | str:
         """One frame, bounded by ``timeout.receive`` while audio is owed.
@@ -362,10 +310,7 @@ class AsyncRealtimeStream:
         """Close the socket (bounded by ``timeout.close``). Safe to call twice."""
         self._protocol.close()
         self._opened.set()  # release senders still waiting for the open
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), self._timeout.close)
+        await self._link.close(self._timeout.close)
 
     async def __aenter__(self) -> AsyncRealtimeStream:
         if self._protocol.state is StreamState.UNOPENED:

@@ -16,8 +16,8 @@ Guarantees:
   loop (the oldest closes first); each is closed (code 1000) after ``idle_seconds``
   unused, and dropped as soon as the server closes it or the connection dies.
 - A socket the pool can tell is closed is never handed out. One the server closes just as
-  the next ``start`` arrives is replaced by the stream: it reconnects once and sends its
-  frames again, and the caller never sees it.
+  the next ``start`` arrives is replaced by the stream's :class:`StreamLink`: it reconnects
+  once and sends its frames again, and the caller never sees it.
 - Nothing outlives its loop: a task keeps the pool while it holds sockets, and when the
   loop's tasks are cancelled (``asyncio.run`` ending) it closes them.
 - A key holds a digest of the headers, never the headers: no API key is kept here, and no
@@ -32,10 +32,11 @@ import hashlib
 import json
 import logging
 import weakref
-from collections.abc import Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 __all__ = [
@@ -43,9 +44,12 @@ __all__ = [
     "IDLE_SECONDS",
     "MAX_IDLE",
     "MAX_IDLE_PER_KEY",
+    "MAX_REPLAY_BYTES",
     "PoolKey",
     "SocketPool",
+    "StreamLink",
     "socket_pool",
+    "usable",
 ]
 
 logger = logging.getLogger("fish_notebook.pool")
@@ -60,6 +64,8 @@ MAX_IDLE_PER_KEY = 2
 MAX_IDLE = 8
 #: Longest wait for the closing handshake of a socket the pool retires.
 CLOSE_SECONDS = 2.0
+#: Most bytes of frames kept to send again when a reused socket turns out closed.
+MAX_REPLAY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -220,3 +226,114 @@ def socket_pool() -> SocketPool:
     if pool is None:
         pool = _pools[loop] = SocketPool()
     return pool
+
+
+class StreamLink:
+    """The socket under one stream: a warm one from the pool, or a new one.
+
+    - :meth:`open` takes a warm socket for ``key`` (when ``reuse``) or calls ``connect``.
+    - :meth:`send` sends one frame at a time. On a reused socket the frames are kept until
+      the server answers (:meth:`answered`); if that socket closes before (a normal close,
+      or no close frame), :meth:`recover` connects anew once and sends them again, at most
+      :data:`MAX_REPLAY_BYTES` of them. The receiving side calls :meth:`recover` too.
+    - :meth:`release` puts the socket back in the pool after a clean ``finish``, or closes it.
+
+    ``connect`` makes a new socket and raises the caller's own errors; ``closed()`` says
+    whether the stream was closed meanwhile (a socket made then is not kept).
+    """
+
+    def __init__(
+        self,
+        key: PoolKey,
+        connect: Callable[[], Awaitable[ClientConnection]],
+        *,
+        reuse: bool,
+        closed: Callable[[], bool],
+    ) -> None:
+        self.key = key
+        self.reuse = reuse
+        self.reused = False  # True when the socket is one a finished session left
+        self.ws: ClientConnection | None = None
+        self._connect = connect
+        self._closed = closed
+        self._sending = asyncio.Lock()  # one frame at a time; a reconnection goes between
+        # Frames sent on a reused socket before the server answered. None: no reconnection.
+        self._replay: list[bytes] | None = None
+        self._replay_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<StreamLink {self.key!r} reused={self.reused} open={self.ws is not None}>"
+
+    async def open(self) -> None:
+        ws = socket_pool().take(self.key) if self.reuse else None
+        if ws is not None:
+            self.reused, self._replay = True, []
+        self.ws = ws or await self._connect()
+
+    async def warm(self) -> bool:
+        """Open a socket for ``key`` and leave it in the pool; False when the pool holds one
+        already or reuse is off."""
+        pool = socket_pool()
+        if not self.reuse or pool.holds(self.key):
+            return False
+        pool.put(self.key, await self._connect())
+        return True
+
+    async def send(self, frame: bytes) -> None:
+        """Send one frame; raises ConnectionClosed when the socket closed for good."""
+        async with self._sending:
+            ws = self.ws
+            if ws is None:
+                raise ConnectionError("the stream has no socket")
+            if self._replay is not None:
+                self._replay_bytes += len(frame)
+                if self._replay_bytes > MAX_REPLAY_BYTES:
+                    self._replay = None  # too much to send again: no reconnection
+                else:
+                    self._replay.append(frame)
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                if not await self._reconnect(ws):  # the frame goes out with the replay
+                    raise
+
+    def answered(self) -> None:
+        """The server answered on this socket: it is the stream's now, no reconnection."""
+        self._replay = None
+
+    async def recover(self, ws: ClientConnection) -> bool:
+        """``ws`` closed under a receive: True when a new socket replaces it (see above)."""
+        async with self._sending:
+            return await self._reconnect(ws)
+
+    async def _reconnect(self, ws: ClientConnection) -> bool:
+        if self.ws is not ws:
+            return self.ws is not None  # the other side reconnected already
+        received = ws.protocol.close_rcvd
+        if self._replay is None or (received is not None and received.code not in (1000, 1001)):
+            return False
+        frames, self._replay = self._replay, None
+        logger.debug("a reused socket closed before its session began: reconnecting once")
+        self.ws = None
+        new = await self._connect()
+        if self._closed():  # the stream was closed meanwhile: not ours to keep
+            await _close_all([new])
+            return False
+        self.ws = new
+        for frame in frames:
+            await new.send(frame)
+        return True
+
+    async def release(self, clean: bool) -> None:
+        """The session is over: a clean end keeps the socket for the next one."""
+        ws = self.ws
+        if self.reuse and clean and ws is not None and usable(ws):
+            self.ws = None
+            socket_pool().put(self.key, ws)
+
+    async def close(self, timeout: float | None) -> None:
+        """Close the socket, if any (bounded). Safe to call twice."""
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), timeout)

@@ -7,11 +7,11 @@ daemon thread:
 
 - the embedded server (found or started: :mod:`fish_notebook._local_process`), when that is
   where speech will go (nothing is started for the cloud or an explicit URL);
+- the import of the player and its widget libraries;
 - one WebSocket to where speech will go, kept warm in the socket pool
   (:mod:`fish_notebook.pool`) so that the first ``speak()`` skips the handshakes: opened
   once the embedded server is ready, with the headers ``speak()`` will send (it idles out
-  after the pool's idle time if no speech comes);
-- the import of the player and its widget libraries.
+  after the pool's idle time if no speech comes).
 
 ``import fish_notebook`` alone does none of this: a library import stays light. Nothing here
 raises: a failure is logged at DEBUG, and the first speech reports it properly.
@@ -49,8 +49,8 @@ def _warm() -> None:
     try:
         if endpoints.plan(defaults.url, None, defaults.backend) is None:
             endpoints.resolve(defaults.url, None, defaults.backend)  # starts or finds the server
-        _warm_socket()
         importlib.import_module("fish_notebook.widget")
+        _warm_socket()  # last: an unreachable server costs its connect timeout, nothing else
     except Exception as exc:  # the first real speech says what is wrong, with advice
         logger.debug("warm-up did not complete: %s", exc)
 

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fish_notebook import _loop
+from fish_notebook.pool import socket_pool
 from fish_notebook.timeline import TimedWord
 
 #: Every field of the ``request`` map of a ``start`` event, as PROTOCOL.md lists them.
@@ -79,3 +81,13 @@ class WordListener(RecordingListener):
             assert 0 <= start <= len(out), f"words from {start} leave a hole after {len(out)}"
             out[start:] = words
         return out
+
+
+def close_warm_sockets() -> None:
+    """Close the warm sockets of fish-notebook's background loop (left by earlier tests),
+    so that a test counting that loop's tasks sees only its own."""
+
+    async def close() -> None:
+        await socket_pool().aclose()
+
+    _loop.run_sync(close(), 10)

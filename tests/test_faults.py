@@ -26,6 +26,7 @@ from fish_notebook import (
     _loop,
 )
 from fish_notebook.client import AsyncRealtimeClient
+from tests.helpers import close_warm_sockets
 from tests.wire_server import threaded_wire_server
 
 SOURCE = ["One sentence.", FlushEvent(), " Two sentences.", FlushEvent(), " Three."]
@@ -43,6 +44,14 @@ def _io_tasks() -> list[Any]:
 
 def _source_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("fish-notebook-source")]
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_sockets_from_other_tests() -> None:
+    """Close the background loop's warm sockets first: their keepalive tasks belong to
+    earlier tests, and a failed session here must leave none of its own."""
+    close_warm_sockets()
+    assert not _settle(_io_tasks)
 
 
 def _settle(check: Any, timeout: float = 5.0) -> Any:

@@ -15,7 +15,7 @@ import pytest
 
 from fish_notebook import FlushEvent, Session, StreamTimeout, WebSocketError, _loop
 from fish_notebook.local import ThreadedServer
-from tests.helpers import RecordingListener
+from tests.helpers import RecordingListener, close_warm_sockets
 from tests.wire_server import threaded_wire_server
 
 BYTES_PER_CHAR = 200
@@ -86,6 +86,7 @@ def test_stop_ends_promptly_and_keeps_audio() -> None:
             yield "More words."
             yield FlushEvent()
 
+    close_warm_sockets()  # their keepalive tasks are not this session's
     with threaded_wire_server() as server:
         session = Session(endless(), base_url=server.base_url)
         while session.metrics["chunks"] < 3:

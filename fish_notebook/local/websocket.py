@@ -8,7 +8,7 @@ One socket carries several sessions in turn, as Fish documents for the cloud ("a
   A ``start`` past ``max_sessions`` gets the cloud's ``error`` event with
   ``max_concurrency``, then close code 1013 (never a queue). An open socket between
   sessions holds no slot; sockets open at once are bounded apart (:data:`SOCKETS_PER_SLOT`
-  for each session slot; one more is refused the same way when it opens).
+  for each session slot; one more gets the same refusal as it opens).
 - After ``finish`` reason ``stop`` the socket stays open for the next ``start``; after
   ``finish`` reason ``error`` (or an ``error`` event) it closes. A socket with no session
   that sends nothing for ``idle_timeout`` is closed (code 1000, no event: there is no
@@ -252,8 +252,7 @@ class LiveSocketHandler(WebSocketHandler):
         sessions = self.server.sessions
         if not sessions.connect():
             logger.warning("refused a connection: %d sockets already open", sessions.sockets)
-            refusal = "Concurrency limit exceeded: too many connections open"
-            await self._refuse(ErrorEvent(refusal, {"max_concurrency": sessions.limit}))
+            await self._refuse(_concurrency_refusal(sessions.limit))
             return
         self.connection = TornadoConnection(self)
         sessions.run(self._serve(self.connection), self.connection)
@@ -285,8 +284,7 @@ class LiveSocketHandler(WebSocketHandler):
         sessions = self.server.sessions
         if came == "frame" and not sessions.try_open():
             logger.warning("refused a session: %d sessions already open", sessions.active)
-            refusal = ErrorEvent("Concurrency limit exceeded", {"max_concurrency": sessions.limit})
-            await self._refuse(refusal)
+            await self._refuse(_concurrency_refusal(sessions.limit))
             return False
         held = came == "frame"  # the first session runs even without a frame: it ends as idle
 
@@ -309,6 +307,11 @@ class LiveSocketHandler(WebSocketHandler):
     def on_close(self) -> None:
         if self.connection is not None:
             self.connection.gone()
+
+
+def _concurrency_refusal(limit: int) -> ErrorEvent:
+    """The cloud's refusal, the same for a session and a socket past their limits."""
+    return ErrorEvent("Concurrency limit exceeded", {"max_concurrency": limit})
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
