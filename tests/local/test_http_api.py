@@ -240,6 +240,13 @@ async def test_past_max_sessions_is_429(strict_server: ThreadedServer) -> None:
         for frame in (start(format="pcm"), text(SENTENCE), FLUSH):
             await ws.send(frame)
         await next_event(ws)
+
+        async def stay_active() -> None:  # the session is not idle (1 s) while we ask
+            while True:
+                await asyncio.sleep(0.25)
+                await ws.send(text(" "))
+
+        active = asyncio.create_task(stay_active())
         answer = await asyncio.to_thread(
             httpx.post, strict_server.http_url + "/v1/tts", json={"text": "Hi."},
             headers=AUTH, timeout=30,
@@ -249,6 +256,7 @@ async def test_past_max_sessions_is_429(strict_server: ThreadedServer) -> None:
                 FishAudio(api_key="s3cret", base_url=strict_server.http_url).tts.convert,
                 text="Hi.",
             )
+        active.cancel()
         await ws.send(STOP)
         served = await read_all(ws)
     assert answer.status_code == 429 and answer.json()["max_concurrency"] == 1
