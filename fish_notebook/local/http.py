@@ -190,6 +190,21 @@ class BodyHandler(JsonHandler):
     def on_connection_close(self) -> None:
         self.gone = True
 
+    def open_session(self, what: str) -> bool:
+        """Take a session slot for this request; False (and 429 answered, as the cloud's
+        concurrency refusal) when every slot is taken. Release it with
+        ``self.server.sessions.release()``."""
+        sessions = self.server.sessions
+        if sessions.try_open():
+            return True
+        logger.warning("refused %s: %d sessions already open", what, sessions.active)
+        self.send_json(
+            {"status": 429, "message": "Concurrency limit exceeded",
+             "max_concurrency": sessions.limit},
+            429,
+        )  # fmt: skip
+        return False
+
 
 class HealthHandler(JsonHandler):
     """``GET /healthz``: ``ok``, for anyone."""

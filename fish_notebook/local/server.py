@@ -27,15 +27,15 @@ frames both ways, ``start`` / ``text`` / ``flush`` / ``stop`` in, ``audio`` / ``
   from a browser page of another origin refused (403). A non-loopback host needs a token
   unless ``allow_insecure``.
 
-``/v1/tts/live/with-timestamp`` speaks the same protocol, and each ``audio`` event also
-carries ``content`` (the words it holds), ``alignment`` (``segments`` of ``{text, start,
-end}`` in seconds from the event's first sample, ``audio_duration``), ``chunk_seq`` (0, 1,
-...), ``chunk_audio_offset_sec`` (where the event starts on the session's audio timeline)
-and ``time`` (ms since the session began). Word times come from the voice's phoneme
-alignment (see :mod:`.timing`). Events are cut between words: an event holds whole words,
-at most half a second or ``MAX_AUDIO_PAYLOAD`` bytes of them unless a single word is longer
-(then that word alone, up to ``MAX_TIMED_PAYLOAD``). For ``mp3`` the timeline is the PCM
-that was encoded; the encoder's tail goes out as an event with no words and no duration.
+``/v1/tts/live/with-timestamp`` speaks the same protocol in the cloud's documented shape
+(PROTOCOL.md): each piece of text the voice speaks is one ``chunk_seq`` (0, 1, ...) with one
+``chunk_audio_offset_sec`` (where that chunk starts on the stream); its ``audio`` events carry
+``alignment: null`` until the chunk's first word is heard, then a cumulative snapshot of every
+word of the chunk so far (times from the chunk's first sample, ``audio_duration`` so far), which
+replaces the one before; ``content`` is the chunk's text up to its last heard word, and
+``time`` the ms since the session began. Word times come from the voice's phoneme alignment
+(:mod:`.timing`); the snapshots are built in :mod:`.synthesis`, sent by :mod:`.output`.
+Delivery cues and speaker tags are never spoken and never words (:mod:`.directions`).
 
 Plain HTTP on the same port (:mod:`.http`): ``GET /healthz`` answers ``ok``; ``GET
 /v1/voices`` answers ``{"voices": [{"id", "default", "sample_rate"}]}``; ``POST /v1/tts``

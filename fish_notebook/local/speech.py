@@ -23,13 +23,11 @@ whole file. Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 import msgpack
 from tornado.iostream import StreamClosedError
-from tornado.web import stream_request_body
 
 from .. import formats
 from ..errors import ValidationError
@@ -37,7 +35,7 @@ from ..protocol import AudioEvent, FinishEvent, StartEvent, TTSRequest, resolve_
 from .cast import choose_cast
 from .chunker import TextChunker, voice_parts
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
-from .http import JsonHandler
+from .http import BodyHandler
 from .output import clipped
 from .recorder import SessionNotes
 from .synthesis import Synthesis
@@ -102,79 +100,28 @@ def parse_request(
     return request
 
 
-@stream_request_body
-class TTSHandler(JsonHandler):
+class TTSHandler(BodyHandler):
     """``POST /v1/tts`` (module docstring)."""
 
-    async def prepare(self) -> None:
-        await super().prepare()
-        if self.answered:
-            return
-        self._body = bytearray()
-        self._body_read = False
-        self._wrote = False
-        self._gone = False
-        self._slot = False
-        length = self.request.headers.get("Content-Length")
-        limit = self.server.max_frame_size
-        if length is not None and length.isdigit() and int(length) > limit:
-            self.fail(413, f"the body is larger than {limit} bytes")
-            return
-        loop = asyncio.get_running_loop()
-        self._slow = loop.call_later(self.server.idle_timeout, self._too_slow)
-
-    def data_received(self, chunk: bytes) -> None:
-        if self.answered:
-            return
-        self._body += chunk
-        if len(self._body) > self.server.max_frame_size:
-            self.fail(413, f"the body is larger than {self.server.max_frame_size} bytes")
-
-    def _too_slow(self) -> None:
-        if not self.answered:
-            self.fail(408, f"the body did not arrive within {self.server.idle_timeout:g}s")
-
-    def fail(self, status: int, message: str) -> None:
-        """Answer ``status`` with a JSON message now (the rest of the body is not read)."""
-        logger.info("POST %s refused (%d): %s", TTS_PATH, status, clipped(message))
-        if not self._body_read:  # tornado closes the connection after this answer
-            self.set_header("Connection", "close")
-        self.send_json({"status": status, "message": clipped(message)}, status)
-
-    def on_finish(self) -> None:
-        slow = getattr(self, "_slow", None)
-        if slow is not None:
-            slow.cancel()
-
-    def on_connection_close(self) -> None:
-        self._gone = True  # the synthesis stops after its sentence
-
     async def post(self) -> None:
-        self._slow.cancel()
-        self._body_read = True
+        self.body_complete()
+        self._wrote = False
         try:
             request = parse_request(
                 self.request.headers.get("Content-Type", ""),
-                bytes(self._body),
+                bytes(self.body),
                 self.server.max_text,
                 self.request.headers.get("model"),
             )
         except BadRequest as bad:
             self.fail(bad.status, bad.message)
             return
-        sessions = self.server.sessions
-        if not sessions.try_open():
-            logger.warning("refused a request: %d sessions already open", sessions.active)
-            self.send_json(
-                {"status": 429, "message": "Concurrency limit exceeded",
-                 "max_concurrency": sessions.limit},
-                429,
-            )  # fmt: skip
+        if not self.open_session("a speech request"):
             return
         try:
             await self._speak(request)
         finally:
-            sessions.release()
+            self.server.sessions.release()
 
     async def _speak(self, request: TTSRequest) -> None:
         """Synthesize the whole text; write each sentence's audio as it comes."""
@@ -186,7 +133,7 @@ class TTSHandler(JsonHandler):
         notes.voice(", ".join(cast.names))
         encoder = StreamEncoder.for_request(request)
         synthesis = Synthesis(
-            cast, request, encoder, context.pool, cancelled=lambda: self._gone, notes=notes,
+            cast, request, encoder, context.pool, cancelled=lambda: self.gone, notes=notes,
             log=_log,
         )  # fmt: skip
         self.set_header("Content-Type", formats.get(request.format).mime)

@@ -159,19 +159,12 @@ class ASRHandler(BodyHandler):
             self.fail(bad.status, bad.message)
             return
         self.body = bytearray()  # the request holds its own copy
-        sessions = self.server.sessions
-        if not sessions.try_open():
-            logger.warning("refused a transcription: %d sessions already open", sessions.active)
-            self.send_json(
-                {"status": 429, "message": "Concurrency limit exceeded",
-                 "max_concurrency": sessions.limit},
-                429,
-            )  # fmt: skip
+        if not self.open_session("a transcription"):
             return
         try:
             answer = await self._transcribe(request)
         finally:
-            sessions.release()
+            self.server.sessions.release()
         if answer is not None and not self.gone:
             self.send_json(answer)
 
