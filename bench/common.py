@@ -8,9 +8,12 @@ and the goal. Nothing here asserts: a row that misses its goal says so in the ta
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -24,7 +27,7 @@ from typing import Any
 from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.protocol import FlushEvent
 from fish_notebook.sources import llm_tokens
-from fish_notebook.text import ends_sentence
+from fish_notebook.text import ends_sentence, sentence_ends
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -246,14 +249,85 @@ def code_state() -> dict[str, Any]:
         return {"commit": None, "uncommitted": []}
 
 
+# --- tokenization styles ----------------------------------------------------------------------
+# How a caller may cut an answer into the pieces it hands the client. Each joins back to the
+# text exactly; the schedule below releases every piece when an LLM writing at a fixed pace
+# has produced its last visible character, so the styles differ only in where they cut.
+
+
+def trailing_space_tokens(text: str) -> list[str]:
+    """Words with the space *after* them, punctuation attached: the Fish cookbook's style,
+    ``["The ", "first ", "move. ", ...]``."""
+    return re.findall(r"^\s+|\S+\s*", text)
+
+
+def sentence_tokens(text: str) -> list[str]:
+    """One token per sentence (its trailing whitespace included), as a caller that buffers
+    the LLM's output into sentences hands them over."""
+    pieces: list[str] = []
+    start = 0
+    for end in sentence_ends(text):
+        while end < len(text) and text[end].isspace():
+            end += 1
+        if end > start:
+            pieces.append(text[start:end])
+            start = end
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def char_chunk_tokens(text: str, sizes: tuple[int, ...] = (3, 4, 5)) -> list[str]:
+    """Pieces of 3, 4, 5, 3, ... characters with no regard for words or sentences."""
+    pieces: list[str] = []
+    start = 0
+    for size in itertools.cycle(sizes):
+        if start >= len(text):
+            return pieces
+        pieces.append(text[start : start + size])
+        start += size
+    return pieces  # unreachable: cycle() never ends
+
+
+Tokenizer = Callable[[str], list[str]]
+
+#: The tokenization styles of rows 1 and 2, by name (``lead`` is fish_notebook's llm_tokens).
+TOKENIZERS: dict[str, Tokenizer] = {
+    "lead": llm_tokens,
+    "trail": trailing_space_tokens,
+    "sentence": sentence_tokens,
+    "chars": char_chunk_tokens,
+}
+
+
 # --- paced token streams anchored at the caller's start --------------------------------------
 # fish_notebook.sources.paced starts its clock at its first next(); the SDK pulls the source
 # only after its handshake, so that would hand the SDK a later clock. These start at ``t0``,
 # the moment the caller began: the LLM started thinking then, whatever the client does.
 
 
-def schedule(text: str, t0: float, first: float, rate: float) -> list[tuple[float, str]]:
-    return [(t0 + first + i / rate, token) for i, token in enumerate(llm_tokens(text))]
+def schedule(
+    text: str, t0: float, first: float, rate: float, tokenizer: Tokenizer = llm_tokens
+) -> list[tuple[float, str]]:
+    """``(due, token)`` for every token ``tokenizer`` cuts from ``text``.
+
+    The pace is an LLM writing ``llm_tokens(text)``: its i-th token at ``t0 + first + i / rate``.
+    A token of any style is due when that LLM has written the token's last visible character
+    (trailing whitespace is not waited for), so with ``llm_tokens`` itself the i-th token is
+    due at exactly that time, and a sentence-per-token caller gets each sentence the moment
+    it is complete.
+    """
+    tokens = tokenizer(text)
+    if "".join(tokens) != text:
+        raise ValueError(f"{tokenizer.__name__} does not join back to the text")
+    ends = list(itertools.accumulate(len(t) for t in llm_tokens(text)))
+    out, position = [], 0
+    for token in tokens:
+        visible_end = position + len(token.rstrip())
+        position += len(token)
+        index = min(bisect.bisect_left(ends, visible_end), len(ends) - 1)
+        out.append((t0 + first + index / rate, token))
+    return out
 
 
 def paced_at(
@@ -263,12 +337,14 @@ def paced_at(
     first: float = 0.3,
     rate: float = 30.0,
     flush: bool = False,
+    tokenizer: Tokenizer = llm_tokens,
 ) -> Iterator[Any]:
-    """Tokens of ``text`` due at ``t0 + first + i / rate`` (sleeping in the caller).
+    """Tokens of ``text`` (cut by ``tokenizer``) due as :func:`schedule` says, sleeping in
+    the caller.
 
     ``flush``: a FlushEvent after every sentence-ending token.
     """
-    for due, token in schedule(text, t0, first, rate):
+    for due, token in schedule(text, t0, first, rate, tokenizer):
         delay = due - now()
         if delay > 0:
             time.sleep(delay)
@@ -284,9 +360,10 @@ async def apaced_at(
     first: float = 0.3,
     rate: float = 30.0,
     flush: bool = False,
+    tokenizer: Tokenizer = llm_tokens,
 ) -> AsyncIterator[Any]:
     """The async twin of :func:`paced_at`."""
-    for due, token in schedule(text, t0, first, rate):
+    for due, token in schedule(text, t0, first, rate, tokenizer):
         delay = due - now()
         if delay > 0:
             await asyncio.sleep(delay)

@@ -41,7 +41,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from .client import AsyncRealtimeClient, RealtimeClient, Timeout
     from .panel import SpeakPanel
-    from .play import play
+    from .playing import play
     from .session import Playback, Session
     from .speaking import speak
     from .voiceloop import VoiceLoop
@@ -88,7 +88,7 @@ _LAZY = {
     "Timeout": "client",
     "Session": "session",
     "Playback": "session",
-    "play": "play",
+    "play": "playing",
     "speak": "speaking",
     "SpeakPanel": "panel",
     "VoiceLoop": "voiceloop",

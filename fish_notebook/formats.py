@@ -29,6 +29,7 @@ from .audio import (
 )
 from .errors import ValidationError
 from .mp3 import Mp3RunEncoder, Mp3StreamDecoder
+from .opus import OpusStreamEncoder, opus_byte_rate
 
 __all__ = [
     "FORMATS",
@@ -117,7 +118,9 @@ FORMATS: dict[str, AudioFormat] = {
     "mp3": AudioFormat(
         "mp3", ".mp3", "audio/mpeg", 44100, Mp3StreamDecoder, Mp3RunEncoder, _compressed_rate
     ),
-    "opus": AudioFormat("opus", ".opus", "audio/ogg", 48000, None, None, _compressed_rate),
+    "opus": AudioFormat(
+        "opus", ".opus", "audio/ogg", 48000, None, OpusStreamEncoder, opus_byte_rate
+    ),
 }
 
 #: Formats a recording can be saved as (a file people open): an encoder and not raw PCM.

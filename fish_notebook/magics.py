@@ -25,27 +25,42 @@ the socket and keeps the audio so far.
 from __future__ import annotations
 
 import ast
+import contextlib
+import dataclasses
 import itertools
 import linecache
 import os
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.text import FullEvalFormatter
+from traitlets import Float, TraitError, Unicode, observe, validate
+from traitlets.config import Configurable
 
-from . import hints
+from . import hints, warmup
+from .chat import Conversation
+from .dialogue import parse_dialogue, parse_voice_map
 from .errors import ValidationError
 from .protocol import DEFAULT_MODEL, LATENCY_MODES, FlushEvent, TextEvent
-from .speaking import DEFAULT_LLM_MODEL, chat_stream, defaults, describe_backend, speak
+from .speaking import (
+    BACKENDS,
+    DEFAULT_LLM_MODEL,
+    chat_stream,
+    defaults,
+    describe_backend,
+    speak,
+)
 
 __all__ = [
     "FLUSH_MARKER",
+    "SETTINGS",
     "SpeakMagics",
+    "SpeakSettings",
     "describe_defaults",
     "load_ipython_extension",
     "typed_tokens",
@@ -250,7 +265,40 @@ def _speech_options(func: Callable[..., Any]) -> Callable[..., Any]:
         (("--text",), {"action": "store_true", "help": "the body is text (no detection)"}),
         (("--raw",), {"action": "store_true", "help": "do not fill in {expressions}"}),
         (("--gen",), {"action": "store_true", "help": "the body is Python giving tokens"}),
+        (
+            ("--dialogue",),
+            {
+                "action": "store_true",
+                "help": "the body is a dialogue: 'Name: line' lines, one voice per speaker "
+                "(S2 models); a blank line or -- is a flush point",
+            },
+        ),
+        (
+            ("--voices",),
+            {
+                "metavar": "MAP",
+                "help": "with --dialogue: the speakers' voices, alice=ID,bob=ID "
+                "(others get --voice or the default)",
+            },
+        ),
         (("--llm",), {"action": "store_true", "help": "the body is a prompt for an LLM"}),
+        (
+            ("--speak-markup",),
+            {
+                "action": "store_true",
+                "help": "read markdown as written: by default an --llm answer is read as "
+                "speech (no asterisks or hashes, a code block as a short note, URLs as "
+                "their host; the transcript shows what was skipped, greyed)",
+            },
+        ),
+        (
+            ("--chat",),
+            {
+                "action": "store_true",
+                "help": "with --llm: the model sees the earlier --chat turns of this kernel "
+                "(what was heard of its answers); %speak_config --reset-chat forgets them",
+            },
+        ),
         (
             ("--llm-model",),
             {"metavar": "NAME", "help": f"the LLM (default {DEFAULT_LLM_MODEL})"},
@@ -320,27 +368,172 @@ def _parse(magic: Any, line: str) -> Any:
     return magic.parser.parse_args(argv)  # its error() raises UsageError
 
 
+# --- the kernel's defaults, as IPython configuration -----------------------------------------
+
+#: The settings of :class:`SpeakSettings`, which are the fields of ``speaking.defaults``.
+SETTINGS = (
+    "voice",
+    "model",
+    "latency",
+    "speed",
+    "volume",
+    "backend",
+    "url",
+    "llm_model",
+    "llm_url",
+)
+
+#: Where a setting's value came from, as ``%speak_config`` shows it.
+_ORIGINS = {
+    "config": "%config / ipython_config.py",
+    "%speak_config": "%speak_config",
+    "code": "set in Python (fish_notebook.speaking.defaults)",
+}
+
+
+def _setting(help: str, *, number: bool = False) -> Any:
+    kind = Float if number else Unicode
+    return kind(None, allow_none=True, help=help).tag(config=True)
+
+
+class SpeakSettings(Configurable):
+    """The kernel's speaking defaults as traitlets: ``%config SpeakMagics.latency = "low"``
+    for this kernel, ``c.SpeakMagics.voice = "ID"`` in ``ipython_config.py`` for every one.
+
+    Each value is checked by :meth:`SpeakDefaults.check` (the one home of those rules) and
+    written through to :data:`fish_notebook.speaking.defaults`, which ``speak()`` and the
+    panel read; the settings and ``defaults`` never disagree. ``None`` (or ``""``) unsets.
+    """
+
+    voice = _setting("The voice (reference_id); unset: the server's default voice.")
+    model = _setting(f"The TTS model header; unset: {DEFAULT_MODEL}.")
+    latency = _setting(f"How eagerly to start speaking: one of {', '.join(LATENCY_MODES)}.")
+    speed = _setting("Speaking rate, 0.5 to 2.0; unset: 1.0.", number=True)
+    volume = _setting("Loudness, -20 to 20 dB; unset: 0.", number=True)
+    backend = Unicode("auto", help=f"Where speech goes: one of {', '.join(BACKENDS)}.").tag(
+        config=True
+    )
+    url = _setting("The TTS server's URL (http(s) or ws(s)); overrides backend.")
+    llm_model = _setting(f"The LLM of %%speak --llm; unset: OPENAI_MODEL or {DEFAULT_LLM_MODEL}.")
+    llm_url = _setting("The LLM server of %%speak --llm; unset: OPENAI_BASE_URL, or OpenAI.")
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._origins: dict[str, str] = {}  # setting -> where its value came from
+        self._origin_now = "config"  # what a change right now is attributed to
+        super().__init__(**kwargs)  # loads the configuration: writes through, origin "config"
+        self.sync_from_defaults()
+
+    @validate(*SETTINGS)
+    def _check_setting(self, proposal: Any) -> Any:
+        name, value = proposal["trait"].name, proposal["value"]
+        if isinstance(value, str) and not value.strip():
+            value = "auto" if name == "backend" else None
+        try:
+            dataclasses.replace(defaults, **{name: value}).check()
+        except ValidationError as exc:
+            raise TraitError(f"SpeakMagics.{name}: {exc}") from None
+        return value
+
+    @observe(*SETTINGS)
+    def _write_through(self, change: Any) -> None:
+        name = change["name"]
+        if getattr(defaults, name) != change["new"]:
+            defaults.update(**{name: change["new"]})
+        self._origins[name] = self._origin_now
+
+    @contextlib.contextmanager
+    def _changes_from(self, origin: str) -> Iterator[None]:
+        saved, self._origin_now = self._origin_now, origin
+        try:
+            yield
+        finally:
+            self._origin_now = saved
+
+    def sync_from_defaults(self) -> None:
+        """Take the values ``defaults`` holds when code changed it directly (origin "code")."""
+        with self._changes_from("code"):
+            for name in SETTINGS:
+                if getattr(self, name) != getattr(defaults, name):
+                    setattr(self, name, getattr(defaults, name))
+
+    def set_defaults(self, changes: Mapping[str, Any], *, reset: bool = False) -> None:
+        """``%speak_config``'s changes, all checked before any is made (UsageError if one is
+        bad); ``reset`` first brings every setting back to the library's default."""
+        try:
+            base = dataclasses.replace(defaults, **self._library_defaults()) if reset else defaults
+            dataclasses.replace(base, **changes).check()
+        except ValidationError as exc:
+            raise UsageError(str(exc)) from None
+        if reset:
+            with self._changes_from("default"):
+                for name, value in self._library_defaults().items():
+                    setattr(self, name, value)
+            self._origins.clear()
+        with self._changes_from("%speak_config"):
+            for name, value in changes.items():
+                setattr(self, name, value)
+
+    def _library_defaults(self) -> dict[str, Any]:
+        return {name: self.trait_defaults(name) for name in SETTINGS}
+
+    def origins(self) -> dict[str, str]:
+        """Where each setting's value came from: ``default``, ``config`` (``%config`` or
+        ``ipython_config.py``), ``%speak_config`` or ``code``."""
+        return {name: self._origins.get(name, "default") for name in SETTINGS}
+
+
 # --- the magics -----------------------------------------------------------------------------
 
 
+def _choose(args: Any) -> tuple[str | None, str | None]:
+    """The body's mode and the backend the options ask for; UsageError for a clash."""
+    modes = [name for name in ("text", "gen", "llm", "dialogue") if getattr(args, name)]
+    if len(modes) > 1:
+        raise UsageError(f"choose one of --{' / --'.join(modes)}")
+    backends = [name for name in ("local", "cloud") if getattr(args, name)]
+    if args.url:
+        backends.append("url")
+    if len(backends) > 1:
+        raise UsageError(f"choose one of --{' / --'.join(backends)}")
+    if args.output is not None and not args.output.isidentifier():
+        raise UsageError(f"-o needs a variable name, got {args.output!r}")
+    if args.voices is not None and not args.dialogue:
+        raise UsageError("--voices goes with --dialogue")
+    if args.chat and not args.llm:
+        raise UsageError("--chat goes with --llm")
+    backend = backends[0] if backends and backends[0] != "url" else None
+    return (modes[0] if modes else None), backend
+
+
 @magics_class
-class SpeakMagics(Magics):
-    """``%%speak``, ``%speak`` and ``%speak_config``; see the module docstring."""
+class SpeakMagics(Magics, SpeakSettings):
+    """``%%speak``, ``%speak`` and ``%speak_config``; see the module docstring.
+
+    Its settings (:class:`SpeakSettings`) are the kernel's defaults; ``conversation`` holds
+    the turns of ``%%speak --llm --chat``.
+    """
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        self.conversation = Conversation()
+        super().__init__(shell=shell, **kwargs)
 
     @magic_arguments()
     @_speech_options
     @line_cell_magic
     def speak(self, line: str, cell: str | None = None) -> None:
-        """Speak text, a generator's tokens, or an LLM's answer, playing while it streams.
+        """Speak text, a generator's tokens, a dialogue, or an LLM's answer, playing while it
+        streams.
 
         %%speak [options]   -> the cell body is text ({expr} filled in; a line with only
                                -- is a flush point), Python giving tokens (--gen, or
-                               detected), or a prompt (--llm).
+                               detected), a dialogue (--dialogue: 'Name: line' lines), or a
+                               prompt (--llm; --chat keeps the conversation).
         %speak [options] text to say
 
         Returns at once; the audio plays while later cells run. With --wait the cell blocks
         until the audio is complete; stop it with the kernel's interrupt button (widget
         clicks wait while a cell blocks). -o NAME keeps the Session (audio, metrics, save()).
+        Defaults: %speak_config, or %config SpeakMagics.
         """
         if cell is None:
             options, body = split_line(self.speak.parser, line)
@@ -350,19 +543,17 @@ class SpeakMagics(Magics):
         self._run(args, body, one_line=cell is None)
 
     def _run(self, args: Any, body: str, *, one_line: bool) -> None:
-        modes = [name for name in ("text", "gen", "llm") if getattr(args, name)]
-        if len(modes) > 1:
-            raise UsageError(f"choose one of --{' / --'.join(modes)}")
-        backends = [name for name in ("local", "cloud") if getattr(args, name)]
-        if args.url:
-            backends.append("url")
-        if len(backends) > 1:
-            raise UsageError(f"choose one of --{' / --'.join(backends)}")
-        if args.output is not None and not args.output.isidentifier():
-            raise UsageError(f"-o needs a variable name, got {args.output!r}")
+        mode, backend = _choose(args)
         namespace: dict[str, Any] = self.shell.user_ns if self.shell is not None else {}
-
-        source = self._source(args, body, namespace, modes[0] if modes else None, one_line)
+        request_options: dict[str, Any] = {}
+        prompt: str | None = None
+        if mode == "llm":
+            prompt = self._prompt(args, body, namespace)
+            source = self._llm_source(args, prompt)
+        elif mode == "dialogue":
+            source, request_options = self._dialogue_source(args, body, namespace)
+        else:
+            source = self._source(args, body, namespace, mode, one_line)
         try:
             session = speak(
                 source,
@@ -372,40 +563,65 @@ class SpeakMagics(Magics):
                 speed=args.speed,
                 volume=args.volume,
                 save=args.save,
-                backend=backends[0] if backends and backends[0] != "url" else None,
+                backend=backend,
                 base_url=args.url,
                 display=not args.quiet,
                 timestamps=args.words,
+                speakable=False if args.speak_markup else None,
+                **request_options,
             )
         except ValidationError as exc:
             raise UsageError(str(exc)) from None
+        if args.chat and prompt is not None:
+            self.conversation.add_user(prompt)
+            self.conversation.add_answer(session)
         if args.output is not None:
             namespace[args.output] = session
         if args.wait:
             session.wait()
 
+    @staticmethod
+    def _prompt(args: Any, body: str, namespace: dict[str, Any]) -> str:
+        prompt = body.strip() if args.raw else interpolate(body.strip(), namespace)
+        if not prompt:
+            raise UsageError("--llm: the prompt is empty")
+        return prompt
+
+    def _llm_source(self, args: Any, prompt: str) -> Any:
+        history = self.conversation.messages() if args.chat else []
+        try:
+            return chat_stream(
+                prompt,
+                model=args.llm_model,
+                system=args.system,
+                history=history,
+                base_url=args.llm_url,
+                api_key=args.llm_key,
+            )
+        except ValidationError as exc:
+            raise UsageError(f"--llm: {exc}") from None
+
+    @staticmethod
+    def _dialogue_source(
+        args: Any, body: str, namespace: dict[str, Any]
+    ) -> tuple[list[str | FlushEvent], dict[str, Any]]:
+        """A dialogue's tokens (its tagged lines, word by word) and its reference_id list."""
+        script = body if args.raw else interpolate(body, namespace)
+        try:
+            dialogue = parse_dialogue(script)
+            voices = parse_voice_map(args.voices) if args.voices else {}
+            ids = dialogue.voices(voices, args.voice or defaults.voice)
+        except ValidationError as exc:
+            raise UsageError(f"--dialogue: {exc}") from None
+        items: list[str | FlushEvent] = []
+        for part in dialogue.parts:
+            items.extend(typed_tokens(part) if isinstance(part, str) else [part])
+        return items, ({"reference_id": ids} if ids is not None else {})
+
+    @staticmethod
     def _source(
-        self,
-        args: Any,
-        body: str,
-        namespace: dict[str, Any],
-        mode: str | None,
-        one_line: bool,
+        args: Any, body: str, namespace: dict[str, Any], mode: str | None, one_line: bool
     ) -> Any:
-        if mode == "llm":
-            prompt = body.strip() if args.raw else interpolate(body.strip(), namespace)
-            if not prompt:
-                raise UsageError("--llm: the prompt is empty")
-            try:
-                return chat_stream(
-                    prompt,
-                    model=args.llm_model,
-                    system=args.system,
-                    base_url=args.llm_url,
-                    api_key=args.llm_key,
-                )
-            except ValidationError as exc:
-                raise UsageError(f"--llm: {exc}") from None
         if mode == "gen" or (mode is None and looks_like_code(body, namespace)):
             if not body.strip():
                 raise UsageError("--gen: the cell is empty")
@@ -430,10 +646,14 @@ class SpeakMagics(Magics):
     @argument("--llm-model", metavar="NAME", help="the LLM for --llm; '' to unset")
     @argument("--llm-url", metavar="URL", help="the LLM server for --llm; '' to unset")
     @argument("--reset", action="store_true", help="forget every default first")
+    @argument("--reset-chat", action="store_true", help="forget the --chat conversation")
     @line_magic
     def speak_config(self, line: str) -> None:
         """Show, or set, the defaults of %%speak, speak() and new panels in this kernel.
 
+        Each value shows where it came from: the library's default, IPython configuration
+        (%config SpeakMagics.voice = "ID", or c.SpeakMagics.voice in ipython_config.py),
+        %speak_config, or code that set fish_notebook.speaking.defaults.
         Keys are never shown: they come from FISH_API_KEY / OPENAI_API_KEY.
         """
         args = _parse(self.speak_config, line)
@@ -455,38 +675,47 @@ class SpeakMagics(Magics):
             kind = backends[0]
             changes["backend"] = "auto" if kind == "url" else kind
             changes["url"] = args.url if kind == "url" else None
-        if args.reset:
-            defaults.reset()
-        try:
-            defaults.update(**changes)
-        except ValidationError as exc:
-            raise UsageError(str(exc)) from None
-        print(describe_defaults())
+        self.sync_from_defaults()
+        self.set_defaults(changes, reset=args.reset)
+        if args.reset_chat:
+            self.conversation.reset()
+        print(describe_defaults(self.origins(), chat_turns=len(self.conversation)))
 
 
-def describe_defaults() -> str:
-    """The kernel defaults as a short table; unset values show what applies, in brackets."""
+def describe_defaults(
+    origins: Mapping[str, str] | None = None, chat_turns: int | None = None
+) -> str:
+    """The kernel defaults as a short table; unset values show what applies, in brackets,
+    and set ones where they came from (``origins``, as :meth:`SpeakSettings.origins`)."""
+    origins = origins or {}
 
     def shown(value: Any, fallback: str) -> str:
         return str(value) if value is not None else f"({fallback})"
 
+    def source(*names: str) -> str:
+        found = [_ORIGINS[o] for o in (origins.get(n, "default") for n in names) if o in _ORIGINS]
+        return f"   [{found[0]}]" if found else ""
+
     fish_key = "set (hidden)" if os.environ.get("FISH_API_KEY") else "not set"
     openai_key = "set (hidden)" if os.environ.get("OPENAI_API_KEY") else "not set"
     rows = [
-        ("backend", describe_backend()),
-        ("voice", shown(defaults.voice, "server default")),
-        ("model", shown(defaults.model, DEFAULT_MODEL)),
-        ("latency", shown(defaults.latency, "balanced")),
-        ("speed", shown(defaults.speed, "1.0")),
-        ("volume", shown(defaults.volume, "0 dB")),
-        ("llm model", shown(defaults.llm_model, DEFAULT_LLM_MODEL)),
-        ("llm url", shown(defaults.llm_url, "OPENAI_BASE_URL, or OpenAI")),
+        ("backend", describe_backend() + source("url", "backend")),
+        ("voice", shown(defaults.voice, "server default") + source("voice")),
+        ("model", shown(defaults.model, DEFAULT_MODEL) + source("model")),
+        ("latency", shown(defaults.latency, "balanced") + source("latency")),
+        ("speed", shown(defaults.speed, "1.0") + source("speed")),
+        ("volume", shown(defaults.volume, "0 dB") + source("volume")),
+        ("llm model", shown(defaults.llm_model, DEFAULT_LLM_MODEL) + source("llm_model")),
+        ("llm url", shown(defaults.llm_url, "OPENAI_BASE_URL, or OpenAI") + source("llm_url")),
         ("FISH_API_KEY", fish_key),
         ("OPENAI_API_KEY", openai_key),
     ]
+    if chat_turns is not None:
+        rows.append(("chat", f"{chat_turns} turns (--reset-chat forgets them)"))
     lines = ["fish-notebook defaults for this kernel:"]
     lines += [f"  {name:<15}{value}" for name, value in rows]
     lines.append("Change with e.g. %speak_config --voice ID --latency low; --reset forgets all.")
+    lines.append('For every kernel: c.SpeakMagics.voice = "ID" in ipython_config.py.')
     return "\n".join(lines)
 
 
@@ -494,11 +723,16 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics (``%load_ext fish_notebook``) and the ``asyncio.run`` hint."""
     ipython.register_magics(SpeakMagics)
     hints.install(ipython)
+    warmup.start_warmup()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics again (``%unload_ext fish_notebook``)."""
     hints.uninstall(ipython)
-    magics = ipython.magics_manager.magics
+    manager = ipython.magics_manager
     for kind, name in (("line", "speak"), ("cell", "speak"), ("line", "speak_config")):
-        magics[kind].pop(name, None)
+        manager.magics[kind].pop(name, None)
+    instance = manager.registry.pop("SpeakMagics", None)
+    configurables = getattr(ipython, "configurables", [])
+    if instance in configurables:
+        configurables.remove(instance)  # %config must not find a stale copy

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import html
 import json
+import os
 import re
 import threading
 import urllib.parse
@@ -44,9 +46,9 @@ from .session import FINAL_STATES, Session
 from .speaking import defaults, speak
 from .widget import Player
 
-__all__ = ["SpeakPanel", "TextFeed", "fetch_voices", "voices_url"]
+__all__ = ["SpeakPanel", "TextFeed", "Voice", "fetch_voices", "voices_url"]
 
-VOICES_PATH = "/v1/voices"
+MODEL_PATH = "/model"
 _WORD = re.compile(r"\s*\S+\s*")
 
 
@@ -138,28 +140,54 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def voices_url(
     backend: str | None = None, base_url: str | None = None, api_key: str | None = None
-) -> str | None:
-    """Where the voice list of the server a session would use lives; None for the cloud.
+) -> tuple[str, str | None]:
+    """Where the voice list of the server a session would use lives (``GET /model``, the
+    cloud's and the embedded server's alike), and the bearer key it wants.
 
+    The cloud lists the user's own voices (``self=true``); the embedded server all of its.
     May start the embedded server (that is where speech would go anyway).
     """
-    endpoint = endpoints.resolve(base_url or defaults.url, api_key, backend or defaults.backend)
-    return None if endpoint.is_cloud else endpoint.http_url(VOICES_PATH)
+    backend = backend or defaults.backend
+    endpoint = endpoints.resolve(base_url or defaults.url, api_key, backend)
+    if endpoint.origin == "local":
+        return endpoint.http_url(f"{MODEL_PATH}?page_size=100"), endpoint.token
+    key = api_key or os.environ.get("FISH_API_KEY") or None
+    query = "?page_size=100&self=true" if endpoint.is_cloud else "?page_size=100"
+    return endpoint.http_url(MODEL_PATH + query), key
 
 
-def fetch_voices(url: str, *, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """``GET`` a ``/v1/voices`` list: ``[{"id": ..., "default": bool, ...}, ...]``.
+def fetch_voices(url: str, key: str | None = None, *, timeout: float = 10.0) -> list[Voice]:
+    """``GET`` a Fish voice list (``{total, items: [{_id, title, tags, ...}], ...}``).
 
     Raises OSError (or ValueError for a body that is not such a list).
     """
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         data = json.loads(response.read().decode("utf-8"))
-    voices = data.get("voices") if isinstance(data, dict) else None
-    if not isinstance(voices, list) or not all(
-        isinstance(v, dict) and isinstance(v.get("id"), str) for v in voices
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("_id"), str) for v in items
     ):
         raise ValueError(f"{url} did not answer with a list of voices")
-    return voices
+    return [
+        Voice(v["_id"], str(v.get("title") or v["_id"]), "default" in (v.get("tags") or ()))
+        for v in items
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+    """A voice of the list: ``id`` goes into ``reference_id``."""
+
+    id: str
+    title: str
+    default: bool = False
+
+    @property
+    def label(self) -> str:
+        name = self.id if self.title == self.id else f"{self.title} ({self.id})"
+        return f"{name} (default)" if self.default else name
 
 
 # --- the panel ------------------------------------------------------------------------------
@@ -213,7 +241,7 @@ class VoiceSelector(widgets.Box):
     ``value`` is the chosen voice id, or None for the server's default.
     """
 
-    def __init__(self, wanted: str | None, find_url: Callable[[], str | None]) -> None:
+    def __init__(self, wanted: str | None, find_url: Callable[[], tuple[str, str | None]]) -> None:
         self._wanted = wanted
         self._find_url = find_url
         self.ready = threading.Event()
@@ -234,8 +262,7 @@ class VoiceSelector(widgets.Box):
 
     def _load(self) -> None:
         try:
-            url = self._find_url()
-            voices = fetch_voices(url) if url is not None else None
+            voices = fetch_voices(*self._find_url())
         except (OSError, ValueError, FishNotebookError):
             voices = None
         try:
@@ -246,16 +273,14 @@ class VoiceSelector(widgets.Box):
         finally:
             self.ready.set()
 
-    def _use_dropdown(self, voices: list[dict[str, Any]]) -> None:
-        options = [
-            (f"{v['id']} (default)" if v.get("default") else v["id"], v["id"]) for v in voices
-        ]
+    def _use_dropdown(self, voices: list[Voice]) -> None:
+        options = [(v.label, v.id) for v in voices]
         ids = [value for _, value in options]
         wanted = self._wanted
         if wanted and wanted not in ids:
             options.append((f"{wanted} (not listed)", wanted))
             ids.append(wanted)
-        default = next((v["id"] for v in voices if v.get("default")), ids[0])
+        default = next((v.id for v in voices if v.default), ids[0])
         dropdown = self.input
         assert isinstance(dropdown, widgets.Dropdown)
         dropdown.options = options

@@ -16,13 +16,13 @@ Both raise :class:`~fish_notebook.errors.ProtocolError` for a frame of the wrong
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import msgpack
 
+from ._checks import check_number
 from .errors import ProtocolError, ValidationError
 
 __all__ = [
@@ -87,19 +87,6 @@ def default_sample_rate(audio_format: str) -> int:
 # --- validation helpers -------------------------------------------------------------------
 
 
-def _check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> None:
-    kind = "an int" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if (
-        isinstance(value, bool)
-        or not ok_type
-        or (isinstance(value, float) and not math.isfinite(value))
-    ):
-        raise ValidationError(name, value, f"must be {kind} in {low:g}..{high:g}")
-    if not low <= value <= high:
-        raise ValidationError(name, value, f"must be {kind} in {low:g}..{high:g}")
-
-
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if isinstance(value, bool) or value not in choices:
         raise ValidationError(name, value, "must be one of " + ", ".join(repr(c) for c in choices))
@@ -122,8 +109,8 @@ class Prosody:
     normalize_loudness: bool | None = None
 
     def __post_init__(self) -> None:
-        _check_number("prosody.speed", self.speed, 0.5, 2.0)
-        _check_number("prosody.volume", self.volume, -20.0, 20.0)
+        check_number("prosody.speed", self.speed, 0.5, 2.0)
+        check_number("prosody.volume", self.volume, -20.0, 20.0)
         if self.normalize_loudness is not None:
             _check_bool("prosody.normalize_loudness", self.normalize_loudness)
 
@@ -201,10 +188,10 @@ class TTSRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise ValidationError("text", self.text, "must be a str")
-        _check_number("chunk_length", self.chunk_length, 100, 300, integer=True)
+        check_number("chunk_length", self.chunk_length, 100, 300, integer=True)
         _check_choice("format", self.format, AUDIO_FORMATS)
         if self.sample_rate is not None:
-            _check_number("sample_rate", self.sample_rate, 8000, 192000, integer=True)
+            check_number("sample_rate", self.sample_rate, 8000, 192000, integer=True)
         _check_choice("mp3_bitrate", self.mp3_bitrate, MP3_BITRATES)
         _check_choice("opus_bitrate", self.opus_bitrate, OPUS_BITRATES)
         refs = self.references
@@ -224,13 +211,13 @@ class TTSRequest:
         _check_choice("latency", self.latency, LATENCY_MODES)
         if self.prosody is not None and not isinstance(self.prosody, Prosody):
             raise ValidationError("prosody", self.prosody, "must be a Prosody or None")
-        _check_number("top_p", self.top_p, 0.0, 1.0)
-        _check_number("temperature", self.temperature, 0.0, 1.0)
-        _check_number("max_new_tokens", self.max_new_tokens, 1, 1_000_000, integer=True)
-        _check_number("repetition_penalty", self.repetition_penalty, 0.0, 10.0)
-        _check_number("min_chunk_length", self.min_chunk_length, 0, 100, integer=True)
+        check_number("top_p", self.top_p, 0.0, 1.0)
+        check_number("temperature", self.temperature, 0.0, 1.0)
+        check_number("max_new_tokens", self.max_new_tokens, 1, 1_000_000, integer=True)
+        check_number("repetition_penalty", self.repetition_penalty, 0.0, 10.0)
+        check_number("min_chunk_length", self.min_chunk_length, 0, 100, integer=True)
         _check_bool("condition_on_previous_chunks", self.condition_on_previous_chunks)
-        _check_number("early_stop_threshold", self.early_stop_threshold, 0.0, 1.0)
+        check_number("early_stop_threshold", self.early_stop_threshold, 0.0, 1.0)
 
     @property
     def effective_sample_rate(self) -> int:

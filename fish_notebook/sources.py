@@ -22,7 +22,9 @@ demos, notebooks and benchmarks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import itertools
 import re
 import threading
@@ -33,9 +35,11 @@ from typing import Any, TypeAlias
 
 from .errors import SessionStateError, ValidationError
 from .protocol import FlushEvent, TextEvent
+from .speakable import SpeakableFilter, SpeakableItem, merge_pieces
 from .text import ends_sentence
 
 __all__ = [
+    "SkippedText",
     "Source",
     "SourceEvent",
     "SourceIterator",
@@ -47,7 +51,16 @@ __all__ = [
     "paced",
 ]
 
-SourceEvent: TypeAlias = TextEvent | FlushEvent
+
+@dataclasses.dataclass(frozen=True)
+class SkippedText:
+    """Markup the speakable filter did not speak (``**``, a link's URL, a code block): the
+    client does not send it; the transcript shows it greyed."""
+
+    text: str
+
+
+SourceEvent: TypeAlias = TextEvent | FlushEvent | SkippedText
 Source: TypeAlias = str | TextEvent | FlushEvent | Iterable[Any] | AsyncIterable[Any]
 
 _MISSING = object()
@@ -310,10 +323,16 @@ class SourceIterator:
         *,
         max_buffered: int = 64,
         normalize: Callable[[Any, int], Any] | None = None,
+        speakable: bool | None = False,
     ) -> None:
         if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
             raise ValidationError("max_buffered", max_buffered, "must be an int >= 1")
+        if speakable not in (None, True, False):
+            raise ValidationError("speakable", speakable, "must be True, False or None (auto)")
         self._normalize = normalize or normalize_item
+        self._speakable = speakable  # None: decided by the first text (an LLM chunk: on)
+        self._filter: SpeakableFilter | None = None
+        self._ready: collections.deque[SourceEvent] = collections.deque()
         self._max_buffered = max_buffered
         self._position = 0
         self._closed = False
@@ -355,6 +374,20 @@ class SourceIterator:
         await self.aclose()
 
     async def __anext__(self) -> SourceEvent:
+        while not self._ready:
+            try:
+                item, event = await self._next_event()
+            except StopAsyncIteration:
+                if self._filter is None:
+                    raise
+                self._ready.extend(_speakable_events(self._filter.close()))
+                self._filter = None
+                continue
+            self._ready.extend(self._speak(item, event))
+        return self._ready.popleft()
+
+    async def _next_event(self) -> tuple[Any, SourceEvent]:
+        """The next raw item and its event (None, empty text and empty deltas skipped)."""
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -367,7 +400,19 @@ class SourceIterator:
                 await self.aclose()
                 raise
             if event is not None:
-                return event
+                return item, event
+
+    def _speak(self, item: Any, event: SourceEvent) -> list[SourceEvent]:
+        """``event`` through the speakable filter when it is on (see :func:`iter_source`)."""
+        if self._speakable is None and isinstance(event, TextEvent):
+            self._speakable = not isinstance(item, (str, TextEvent))  # an LLM's chunk object
+        if not self._speakable:
+            return [event]
+        if self._filter is None:
+            self._filter = SpeakableFilter()
+        text = event.text if isinstance(event, TextEvent) else ""
+        events = _speakable_events(self._filter.feed(text))
+        return [*events, event] if isinstance(event, FlushEvent) else events
 
     async def _next_raw(self) -> Any:
         """The next raw item; StopAsyncIteration at the end; the source's own exceptions."""
@@ -466,13 +511,35 @@ def _bad_source(source: Any) -> TypeError:
     )
 
 
-def iter_source(source: Source, *, max_buffered: int = 64) -> SourceIterator:
+def _speakable_events(items: list[SpeakableItem]) -> list[SourceEvent]:
+    """The filter's pieces as events: spoken text, skipped markup, flushes; a replaced piece
+    (a URL spoken as its host, a code block as a note) as its original then its speech."""
+    events: list[SourceEvent] = []
+    for item in merge_pieces(items):
+        if isinstance(item, FlushEvent):
+            events.append(item)
+            continue
+        if item.kind != "text" and item.original:
+            events.append(SkippedText(item.original))
+        if item.spoken:
+            events.append(TextEvent(item.spoken))
+    return events
+
+
+def iter_source(
+    source: Source, *, max_buffered: int = 64, speakable: bool | None = False
+) -> SourceIterator:
     """Iterate any text source as TextEvent/FlushEvent, without blocking the event loop.
 
     Args:
         source: a ``str``, a sync or async iterable of items (see the module docstring),
             or a single TextEvent/FlushEvent.
         max_buffered: how many items a sync source's worker thread may read ahead.
+        speakable: pass the text through the speakable filter
+            (:mod:`fish_notebook.speakable`): markdown read as plain words, a code block
+            as a short note and a flush, URLs as their host; what is not spoken comes out
+            as :class:`SkippedText`. ``None``: on when the source yields an LLM's chunk
+            objects (OpenAI, Anthropic, LangChain), off for plain strings.
 
     Returns:
         A :class:`SourceIterator`: ``async for event in iter_source(tokens): ...``.
@@ -482,7 +549,7 @@ def iter_source(source: Source, *, max_buffered: int = 64) -> SourceIterator:
         TypeError: at once for a source that is not iterable (or is bytes or a dict);
             while iterating, for an item that cannot be spoken (naming it and its position).
     """
-    return SourceIterator(source, max_buffered=max_buffered)
+    return SourceIterator(source, max_buffered=max_buffered, speakable=speakable)
 
 
 # --- a local stream paced like an LLM -------------------------------------------------------

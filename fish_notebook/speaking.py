@@ -19,7 +19,7 @@ import dataclasses
 import html
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import endpoints
@@ -146,38 +146,32 @@ def speak(
     Args:
         source: a str, any sync or async iterable of text (``TextEvent``/``FlushEvent`` too),
             or an LLM stream object (OpenAI, Anthropic, LangChain chunks).
-        voice: the voice (``reference_id``); the local server lists its voices at
-            ``/v1/voices``, unknown ones fall back to its default with a log message.
+        voice: the voice (``reference_id``); servers list theirs at ``GET /model`` (the
+            panel shows them); the local server speaks an unknown one with its default voice
+            and says so in a log message.
         model, latency, speed, volume: as in ``stream_websocket``; unset ones take the
             kernel defaults (``%speak_config``).
         save: a ``.wav`` or ``.mp3`` path written when the session ends, whatever the end.
         backend: ``"auto"``, ``"local"`` or ``"cloud"``; ``base_url`` overrides it.
-        display: show the live player (with a static ``<audio>`` once it ends).
+        display: show the live player (with a static ``<audio>`` once it ends). In marimo,
+            which shows a cell's last expression, end the cell with the returned session.
         wait: block until the audio is complete (``True``, or a timeout in seconds); then
             re-raise the session's error if it failed. Ctrl-C stops the session cleanly.
         listeners: extra session listeners (a :class:`Timeline`), attached before it starts.
-        request_options: other request fields (``sample_rate``, ``chunk_length``, ...).
+        request_options: other request fields (``sample_rate``, ``chunk_length``, ...), and
+            ``speakable`` (``None``, the default: an LLM's chunk objects are read as speech,
+            markdown and code blocks aside, plain text as written; ``True``/``False`` to
+            choose; see :class:`~fish_notebook.session.Session`).
 
     Returns at once unless ``wait``: the audio streams in the background and keeps playing
     while later cells run. Raises ValidationError for a bad option, before anything starts.
     """
     if client is None:
         client = make_client(backend, base_url=base_url, api_key=api_key, model=model)
-    options = {
-        "reference_id": voice or defaults.voice,
-        "latency": latency or defaults.latency,
-        "speed": speed if speed is not None else defaults.speed,
-        "volume": volume if volume is not None else defaults.volume,
-        **request_options,
-    }
+    options = _request_options(voice, latency, speed, volume, request_options)
+    model = model or defaults.model
     session = Session(
-        source,
-        client=client,
-        model=model or defaults.model,
-        save=save,
-        format=format,
-        start=False,
-        **{k: v for k, v in options.items() if v is not None},
+        source, client=client, model=model, save=save, format=format, start=False, **options
     )
     for listener in listeners:
         session.add_listener(listener, replay=False)
@@ -191,6 +185,25 @@ def speak(
     return session
 
 
+def _request_options(
+    voice: str | None,
+    latency: str | None,
+    speed: float | None,
+    volume: float | None,
+    others: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A call's request fields, the kernel defaults filling what it leaves unset; the fields
+    neither sets are left out (the server's own defaults apply)."""
+    options = {
+        "reference_id": voice or defaults.voice,
+        "latency": latency or defaults.latency,
+        "speed": speed if speed is not None else defaults.speed,
+        "volume": volume if volume is not None else defaults.volume,
+        **others,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
 # --- an LLM's tokens ------------------------------------------------------------------------
 
 
@@ -199,6 +212,7 @@ def chat_stream(
     *,
     model: str | None = None,
     system: str | None = None,
+    history: Sequence[Mapping[str, str]] = (),
     base_url: str | None = None,
     api_key: str | None = None,
     timeout: float = 60.0,
@@ -212,6 +226,9 @@ def chat_stream(
     ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``; a server that needs no key (a local
     OpenAI-compatible one) works with just a URL. ``model`` defaults to the kernel default
     (``%speak_config --llm-model``), then ``OPENAI_MODEL``, then ``gpt-4o-mini``.
+    ``history`` is the conversation so far (``{"role", "content"}`` messages, as
+    :meth:`fish_notebook.chat.Conversation.messages` gives them), sent after ``system`` and
+    before ``prompt``.
 
     Raises MissingDependencyError at once when ``openai`` (extra ``llm``) is not installed,
     and ValidationError when neither a key nor a URL is known. Errors of the stream itself
@@ -235,6 +252,7 @@ def chat_stream(
     messages: list[Any] = []
     if system:
         messages.append({"role": "system", "content": system})
+    messages += [{"role": m["role"], "content": m["content"]} for m in history]
     messages.append({"role": "user", "content": prompt})
     client = openai.OpenAI(api_key=api_key or "not-needed", base_url=base_url, timeout=timeout)
 
@@ -346,34 +364,41 @@ def compare_timelines(runs: Mapping[str, Timeline], *, width: int = 760) -> str:
         )
         tick += step
     for row, (name, timeline) in enumerate(runs.items()):
-        y = top + row * row_h
-        first = timeline.first_audio
-        caption = f"first audio {first:.2f} s" if first is not None else "no audio"
-        parts.append(
-            f'<text x="4" y="{y + lane_h - 3}" fill="#222">{html.escape(name)}</text>'
-            f'<text x="4" y="{y + 2 * lane_h - 3}" fill="#777">{caption}</text>'
-        )
-        for t, kind, value in timeline.events:
-            x = label_w + t * scale
-            if kind == "text":
-                parts.append(
-                    f'<line x1="{x:.1f}" y1="{y + 3}" x2="{x:.1f}" y2="{y + lane_h - 2}" '
-                    'stroke="#3b6fb6" stroke-width="1.2"/>'
-                )
-            elif kind == "flush":
-                parts.append(
-                    f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 2 * lane_h}" '
-                    'stroke="#d33" stroke-width="2"/>'
-                )
-            elif kind == "audio":
-                w = max(1.0, timeline.audio_seconds(value) * scale)
-                parts.append(
-                    f'<rect x="{x:.1f}" y="{y + lane_h + 2}" width="{w:.1f}" '
-                    f'height="{lane_h - 4}" fill="#2a9d60" fill-opacity="0.55" '
-                    'stroke="#1d6b42" stroke-width="0.5"/>'
-                )
+        parts += _lanes(name, timeline, top + row * row_h, label_w, lane_h, scale)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _lanes(
+    name: str, timeline: Timeline, y: int, label_w: int, lane_h: int, scale: float
+) -> list[str]:
+    """One run's two lanes (text sent, audio received) at height ``y``, as SVG elements."""
+    first = timeline.first_audio
+    caption = f"first audio {first:.2f} s" if first is not None else "no audio"
+    parts = [
+        f'<text x="4" y="{y + lane_h - 3}" fill="#222">{html.escape(name)}</text>'
+        f'<text x="4" y="{y + 2 * lane_h - 3}" fill="#777">{caption}</text>'
+    ]
+    for t, kind, value in timeline.events:
+        x = label_w + t * scale
+        if kind == "text":
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y + 3}" x2="{x:.1f}" y2="{y + lane_h - 2}" '
+                'stroke="#3b6fb6" stroke-width="1.2"/>'
+            )
+        elif kind == "flush":
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 2 * lane_h}" '
+                'stroke="#d33" stroke-width="2"/>'
+            )
+        elif kind == "audio":
+            w = max(1.0, timeline.audio_seconds(value) * scale)
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y + lane_h + 2}" width="{w:.1f}" '
+                f'height="{lane_h - 4}" fill="#2a9d60" fill-opacity="0.55" '
+                'stroke="#1d6b42" stroke-width="0.5"/>'
+            )
+    return parts
 
 
 def _tick_step(end: float) -> float:

@@ -11,6 +11,10 @@ sentences too often), after a single capital initial (``J. R. R.``), inside a do
 (``U.S.A.``) or inside a number (``3.5``: no whitespace follows) does not end a sentence.
 A terminator at the very end of a text is not an end yet: the next character decides
 (``3.`` may become ``3.5``), unless the caller knows the text is complete.
+
+Where a confirmed end lies never depends on how the text was cut into pieces: the first end
+found in the start of a text is the first end of the whole text (:func:`first_sentence_end`),
+which lets a stream find its first sentence whatever its token boundaries.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "WORD_GAP",
     "completes_sentence",
     "ends_sentence",
+    "first_sentence_end",
     "is_abbreviation",
     "sentence_ends",
 ]
@@ -44,7 +49,9 @@ CJK_PUNCT = "。！？，、；：「」『』（）《》【】"
 #: and its closers (or after a blank line).
 SENTENCE_END = re.compile(
     rf"[.!?…]+[{CLOSERS}]*(?=\s)"  # latin terminators need whitespace after them
-    rf"|[。！？]+[{CLOSERS}]*(?=[^{CLOSERS}])"  # CJK ones need one more (non-closing) char
+    # CJK ones need one more char, neither a closer nor another terminator (so that "。！"
+    # is one end, whether or not the "！" has arrived yet)
+    rf"|[。！？]+[{CLOSERS}]*(?=[^{CLOSERS}。！？])"
     r"|\n[^\S\n]*\n",  # a blank line ends a paragraph
     re.DOTALL,
 )
@@ -95,6 +102,18 @@ def sentence_ends(text: str, start: int = 0, limit: int | None = None) -> Iterat
             return
         if not is_abbreviation(text, end):
             yield end
+
+
+def first_sentence_end(text: str) -> int | None:
+    """Where the first confirmed sentence of ``text`` ends (the index right after its
+    terminator and closers), or None when no sentence end is confirmed yet.
+
+    The answer for the start of a text is the answer for the whole text, once it is not
+    None: ``first_sentence_end("Hi. Th")`` and ``first_sentence_end("Hi. There.")`` are both
+    3, ``first_sentence_end("Hi.")`` is None (``"Hi.5"`` is no end) and so is
+    ``first_sentence_end("Ask Mr. Smith")``.
+    """
+    return next(sentence_ends(text), None)
 
 
 def ends_sentence(text: str) -> bool:

@@ -1,7 +1,9 @@
 """The live player: an anywidget that plays speech while it arrives.
 
 :class:`Player` is a session listener (see ``session.py``): the session calls its ``on_*``
-methods from its IO thread, and the player forwards what it hears to every open view.
+methods from its IO thread, and the player forwards what it hears to every open view. It
+keeps no copy of what it plays: it reads the session's
+:class:`~fish_notebook.recording.Recording` (a player fed by hand records into one of its own).
 
 What goes where, and why:
 
@@ -9,13 +11,18 @@ What goes where, and why:
   (``{"kind": "audio", "seq": n, "chars": c}`` + the PCM bytes). It is never put in a trait:
   a growing trait would be re-sent whole on every change.
 - Everything else a view needs (state, transcript with flush points, metrics, sample rate,
-  error) lives in small synced traits, so a view opened late has it at once.
-- Words in time (a session with ``timestamps=True``) go as they come, right after the audio
-  they are heard in: ``{"kind": "words", "from": i, "words": [[text, start, end], ...]}``
-  (``from`` = the index of the first one), seconds on the recording's timeline (0 = the
-  first sample of chunk 0). They are not a trait, which would be re-sent whole as it grows:
-  a view that missed some gets them all in the inventory below, and indices make a word
-  that arrives twice land on the same place.
+  error) lives in small synced traits, so a view opened late has it at once. The transcript
+  goes already cut into what the page shows (:func:`transcript_parts`: words, delivery cues,
+  speaker tags, skipped markup), so the cue rules live in Python only (``cues.py``).
+- Words in time (a session with ``timestamps=True``) go as they change, right after the
+  audio of the event that changed them: ``{"kind": "words", "from": i, "words": [[text,
+  start, end], ...]}``, seconds on the recording's timeline (0 = the first sample of chunk
+  0), meaning "from index ``i`` on, the words are these": the page replaces its words from
+  ``i`` (a server revises the words of the chunk it is rendering), never appends. They are
+  not a trait, which would be re-sent whole as it grows: a view that missed some gets them
+  all in the inventory below (``from`` 0). The inventory is read and sent with the
+  recording held still, so it and the live messages reach the page in the order the
+  changes happened.
 - Messages sent before the browser loaded the widget code are lost, so the browser asks for
   the recording (``{"kind": "replay-request"}``) as soon as the model exists; the player
   answers with the number of chunks recorded and every word so far
@@ -41,12 +48,14 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import itertools
 import logging
 import pathlib
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import anywidget
@@ -56,10 +65,16 @@ from IPython.display import HTML, DisplayHandle, display
 from . import formats
 from .audio import wav_bytes
 from .client import TimedWord
-from .errors import FishNotebookError, MissingDependencyError, ValidationError
-from .session import FINAL_STATES, SESSION_STATES
+from .cues import split_cues
+from .errors import (
+    FishNotebookError,
+    MissingDependencyError,
+    SessionStateError,
+    ValidationError,
+)
+from .recording import FINAL_STATES, SESSION_STATES, Recording
 
-__all__ = ["Controls", "Player", "display_player"]
+__all__ = ["Controls", "Player", "display_player", "transcript_parts"]
 
 logger = logging.getLogger("fish_notebook.widget")
 
@@ -112,7 +127,10 @@ class Controls(Protocol):
 class _Session(Controls, Protocol):
     """The part of ``session.Session`` the player uses."""
 
-    sample_rate: int
+    @property
+    def recording(self) -> Recording: ...
+
+    player: Any  # the player shown for it (marimo displays the session as this)
 
     def add_listener(self, listener: Any, *, replay: bool = True) -> None: ...
 
@@ -122,8 +140,10 @@ class _Session(Controls, Protocol):
 class Player(anywidget.AnyWidget):
     """A live audio player for one speech session.
 
-    Feed it by attaching a session (``Player(session)`` or :meth:`attach`), or by calling the
-    ``on_*`` listener methods yourself (from any one thread at a time, in stream order).
+    Feed it by attaching a session (``Player(session)`` or :meth:`attach`): it then reads the
+    session's :class:`~fish_notebook.recording.Recording` and keeps no copy of its own. Or
+    call the ``on_*`` listener methods yourself (from any one thread at a time, in stream
+    order): it then records what you give it in a Recording of its own (:attr:`recording`).
 
     Guarantees:
         - Every chunk given to :meth:`on_audio` reaches every view, in order, exactly once,
@@ -140,8 +160,9 @@ class Player(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     #: Hz of the 16-bit mono PCM sent to the browser.
     sample_rate = traitlets.Int(44100).tag(sync=True)
-    #: Text sent to the server, in pieces; ``None`` marks a flush point.
-    transcript: traitlets.List[str | None] = traitlets.List().tag(sync=True)
+    #: The transcript as the page shows it: words (``str``), ``None`` at a flush point, and
+    #: ``{"cue" | "break" | "speaker" | "skipped": text}`` parts (:func:`transcript_parts`).
+    transcript: traitlets.List[str | dict[str, Any] | None] = traitlets.List().tag(sync=True)
     #: The session's live metrics (ttfa_s, rtf, audio_s, chunks, ...).
     metrics = traitlets.Dict().tag(sync=True)
     #: How many chunks were sent so far, so a view can tell it has them all.
@@ -174,15 +195,13 @@ class Player(anywidget.AnyWidget):
         super().__init__(player_id=uuid.uuid4().hex, **kwargs)
         if sample_rate is not None:
             self.sample_rate = sample_rate
-        self._lock = threading.Lock()
-        self._chunks: list[bytes] = []
-        self._chunk_chars: list[int] = []
-        self._words: list[TimedWord] = []
-        self._text: list[str | None] = []
-        self._chars = 0
-        self._transcript_sent_at = 0.0
-        self._transcript_timer: threading.Timer | None = None
-        self._replays = 0
+        # Fed by hand until attached; attaching swaps in the session's recording.
+        self._recording = Recording(self.sample_rate)
+        self._fed_by_hand = True
+        # The transcript trait is re-sent whole on each change, so an LLM streaming
+        # thousands of tokens would cost quadratic traffic: it is updated at most this often.
+        self._publish_transcript = _Throttle(self._send_transcript, TRANSCRIPT_INTERVAL)
+        self._replays = itertools.count()  # thread-safe: next() holds the GIL
         self._session: _Session | None = None
         self._controls: Controls | None = controls
         self._fallback: _Fallback | None = None
@@ -191,12 +210,9 @@ class Player(anywidget.AnyWidget):
             self.attach(session)
 
     def __repr__(self) -> str:
-        if "_lock" not in self.__dict__:  # still in __init__
+        if "_recording" not in self.__dict__:  # still in __init__
             return "<Player>"
-        with self._lock:
-            samples = sum(len(c) for c in self._chunks) // 2
-            chunks = len(self._chunks)
-        seconds = samples / self.sample_rate if self.sample_rate else 0.0
+        seconds, chunks = self._recording.duration, self._recording.chunk_count
         return f"<Player {self.status} audio={seconds:.2f}s chunks={chunks}>"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -206,21 +222,28 @@ class Player(anywidget.AnyWidget):
             bundle[0]["text/plain"] = "fish-notebook player (live when the notebook runs)"
         return bundle
 
+    @traitlets.observe("sample_rate")
+    def _rate_changed(self, change: Any) -> None:
+        if self.__dict__.get("_fed_by_hand"):  # a session's recording knows its own rate
+            self._recording.sample_rate = change["new"]
+
     # -- wiring ------------------------------------------------------------------------------
 
     def attach(self, session: _Session) -> None:
         """Listen to ``session``: replay what it has so far, then follow it live.
 
         Raises:
-            SessionStateError: This player already follows a session.
+            SessionStateError: This player follows (or followed) a session, or was fed audio
+                by hand.
         """
-        from .errors import SessionStateError
-
-        if self._session is not None:
+        if not self._fed_by_hand:  # attached now or before: its views hold that recording
             raise SessionStateError("this player already follows a session: create a new Player")
-        self._session = session
-        self._controls = session
-        self.sample_rate = session.sample_rate
+        if self._recording.chunk_count:
+            raise SessionStateError("this player was fed audio by hand: create a new Player")
+        self._session, self._controls = session, session
+        self._fed_by_hand = False
+        self._recording = session.recording
+        self.sample_rate = session.recording.sample_rate
         session.add_listener(self, replay=True)
 
     def detach(self) -> None:
@@ -235,10 +258,14 @@ class Player(anywidget.AnyWidget):
         super().close()
 
     @property
+    def recording(self) -> Recording:
+        """What this player plays: its session's recording, or its own when fed by hand."""
+        return self._recording
+
+    @property
     def audio(self) -> bytes:
         """All PCM received so far (16-bit little-endian mono at :attr:`sample_rate`)."""
-        with self._lock:
-            return b"".join(self._chunks)
+        return self._recording.audio
 
     def wav_bytes(self) -> bytes:
         """The recording so far as a WAV file."""
@@ -247,82 +274,65 @@ class Player(anywidget.AnyWidget):
     @property
     def words(self) -> list[TimedWord]:
         """The words in time received so far (empty unless the session has timestamps)."""
-        with self._lock:
-            return list(self._words)
+        return self._recording.words
 
     # -- SessionListener ---------------------------------------------------------------------
 
     def on_text(self, text: str) -> None:
         """A piece of text was sent to the server (shown within ``TRANSCRIPT_INTERVAL``)."""
-        with self._lock:
-            self._text.append(text)
-            self._chars += len(text)
+        if self._fed_by_hand:
+            self._recording.add_text(text)
         self._publish_transcript()
 
     def on_flush(self) -> None:
         """A flush point was sent to the server."""
-        with self._lock:
-            self._text.append(None)
+        if self._fed_by_hand:
+            self._recording.add_flush()
         self._publish_transcript(now=True)
 
-    def _publish_transcript(self, *, now: bool = False) -> None:
-        """Copy the text to the ``transcript`` trait, at most every TRANSCRIPT_INTERVAL.
+    def on_skipped(self, text: str) -> None:
+        """Markup the speakable filter did not speak: shown greyed in the transcript."""
+        if self._fed_by_hand:
+            self._recording.add_skipped(text)
+        self._publish_transcript()
 
-        The trait is re-sent whole on each change, so an LLM streaming thousands of tokens
-        would otherwise cost quadratic traffic; a pending update is sent by a timer.
-        """
-        with self._lock:
-            wait = self._transcript_sent_at + TRANSCRIPT_INTERVAL - time.monotonic()
-            if not now and wait > 0:
-                if self._transcript_timer is None:
-                    self._transcript_timer = threading.Timer(wait, self._publish_transcript)
-                    self._transcript_timer.daemon = True
-                    self._transcript_timer.start()
-                return
-            if self._transcript_timer is not None:
-                self._transcript_timer.cancel()
-                self._transcript_timer = None
-            self._transcript_sent_at = time.monotonic()
-            transcript = list(self._text)
+    def _send_transcript(self) -> None:
+        """The recording's transcript, cut into parts, to the trait (``_publish_transcript``)."""
+        transcript = transcript_parts(self._recording.transcript_entries)
         if transcript != self.transcript:
             self.transcript = transcript
 
     def on_audio(self, pcm: bytes, seq: int | None = None) -> None:
         """A chunk of 16-bit LE mono PCM arrived; it is sent to every view at once.
 
-        ``seq`` is informational: the player numbers chunks in the order it receives them.
-        On the first chunk the player takes the attached session's ``sample_rate``: a stream
-        whose header names another rate than the one asked for (``play()`` of a WAV stream)
-        corrects it just before its first audio, and the browser must play at that rate.
+        Fed by hand, ``seq`` is informational: the player numbers chunks as they come. The
+        recording's ``sample_rate`` reaches the page first: a WAV stream's header may have
+        corrected it just before its first audio (``play()``).
         """
-        pcm = bytes(pcm)
-        session = self._session
-        if session is not None and not self._chunks and session.sample_rate != self.sample_rate:
-            self.sample_rate = session.sample_rate  # reaches the page before the chunk
-        with self._lock:
-            seq = len(self._chunks)
-            self._chunks.append(pcm)
-            self._chunk_chars.append(self._chars)
-            chars = self._chars
-        self.send({"kind": "audio", "seq": seq, "chars": chars}, buffers=[pcm])
+        if self._fed_by_hand:
+            seq = self._recording.add_audio(bytes(pcm))
+        if seq is None:
+            return  # no samples: nothing to play
+        chunk = self._recording.chunk(seq)
+        if self._recording.sample_rate != self.sample_rate:
+            self.sample_rate = self._recording.sample_rate  # reaches the page before the chunk
+        self.send({"kind": "audio", "seq": seq, "chars": chunk.chars}, buffers=[chunk.pcm])
         self.chunk_count = seq + 1
 
-    def on_words(self, words: list[TimedWord]) -> None:
-        """Words in time were placed (after the audio they are heard in); sent at once.
-
-        Each word is ``(text, start, end)`` in seconds on the recording's timeline; calls add
-        to the words before, in order.
-        """
+    def on_words(self, words: list[TimedWord], start: int | None = None) -> None:
+        """From index ``start`` on, the words in time are now ``words`` (``(text, start,
+        end)``, seconds on the recording's timeline): sent at once, the page replaces its
+        words from there. Fed by hand, no ``start`` means after the words so far."""
         placed = [TimedWord(str(w[0]), float(w[1]), float(w[2])) for w in words]
-        if not placed:
+        if start is None and not placed:
             return
-        if self._transcript_timer is not None:
-            # The page finds each word in the transcript: let the text arrive first.
+        if self._publish_transcript.pending:  # the page finds words in the text: text first
             self._publish_transcript(now=True)
-        with self._lock:
-            first = len(self._words)
-            self._words.extend(placed)
-        self.send({"kind": "words", "from": first, "words": [list(w) for w in placed]})
+        if self._fed_by_hand:
+            start = self._recording.add_words(placed, start)
+        elif start is None:
+            start = len(self._recording.words) - len(placed)  # they are the last ones
+        self.send({"kind": "words", "from": start, "words": [list(w) for w in placed]})
 
     def on_state(self, state: str, error: str | None = None) -> None:
         """The session changed state; a terminal state publishes the static fallback."""
@@ -359,49 +369,15 @@ class Player(anywidget.AnyWidget):
                 self.error = str(exc)
 
     def _send_inventory(self) -> None:
-        """Tell a view how many chunks exist; it then asks for the ones it lacks.
-
-        Two steps, because the request usually comes from a view that already received most
-        chunks live (its answer waits while a cell blocks): only what is missing is resent.
-        ``first`` tells the view whether it is the first to ask (a fresh display plays what
-        it missed; a reloaded page of a finished session waits for Play).
-        """
-        with self._lock:
-            total = len(self._chunks)
-            words = [list(w) for w in self._words]
-            self._replays += 1
-            first = self._replays == 1
-        message: dict[str, Any] = {"kind": "recording", "total": total, "first": first}
-        if words:
-            message["words"] = words
-        self.send(message)
+        """Tell a view how many chunks exist (it then asks for the ones it lacks): see
+        :func:`_inventory`."""
+        with self._recording.held():  # no live words message may overtake this one
+            self.send(_inventory(self._recording, first=next(self._replays) == 0))
 
     def _send_chunks(self, seqs: list[int]) -> None:
-        """Send the recorded chunks ``seqs`` in messages of at most about 1 MB of PCM."""
-        with self._lock:
-            wanted = [
-                (s, self._chunks[s], self._chunk_chars[s])
-                for s in seqs
-                if 0 <= s < len(self._chunks)
-            ]
-        start = 0
-        while start < len(wanted):
-            end, size = start, 0
-            while end < len(wanted) and (
-                end == start or size + len(wanted[end][1]) <= _REPLAY_BATCH_BYTES
-            ):
-                size += len(wanted[end][1])
-                end += 1
-            batch = wanted[start:end]
-            self.send(
-                {
-                    "kind": "replay",
-                    "seqs": [seq for seq, _, _ in batch],
-                    "chars": [chars for _, _, chars in batch],
-                },
-                buffers=[pcm for _, pcm, _ in batch],
-            )
-            start = end
+        """Send the recorded chunks among ``seqs``, in messages of bounded size."""
+        for content, buffers in _replay_messages(self._recording, seqs):
+            self.send(content, buffers=buffers)
 
     # -- static fallback ---------------------------------------------------------------------
 
@@ -409,6 +385,114 @@ class Player(anywidget.AnyWidget):
         self._fallback = fallback
         if self.status in FINAL_STATES:
             fallback.publish(self)
+
+
+def _inventory(recording: Recording, *, first: bool) -> dict[str, Any]:
+    """The answer to a view's first ``replay-request``: how many chunks are recorded, whether
+    it is the ``first`` to ask, and every word so far.
+
+    Two steps, because the request usually comes from a view that already received most
+    chunks live (its answer waits while a cell blocks): only what is missing is resent.
+    ``first`` tells the view whether it is the first to ask (a fresh display plays what it
+    missed; a reloaded page of a finished session waits for Play).
+    """
+    message: dict[str, Any] = {"kind": "recording", "total": recording.chunk_count}
+    message["first"] = first
+    words = [list(w) for w in recording.words]
+    if words:
+        message["words"] = words
+    return message
+
+
+def transcript_parts(
+    entries: list[str | dict[str, str] | None],
+) -> list[str | dict[str, Any] | None]:
+    """The transcript as the page shows it, from a recording's ``transcript_entries``.
+
+    Each run of text pieces is cut by :func:`fish_notebook.cues.split_cues` as one text (a
+    cue streamed in two pieces is still found), then at the pieces' own ends (a cue across
+    an end stays whole): words stay ``str``, a cue becomes ``{"cue": text}``, a pause
+    ``{"break": text}``, a speaker tag ``{"speaker": text, "n": number}``. ``None`` (a flush)
+    and ``{"skipped": text}`` pass as they are. Text without cues comes out as it went in.
+    """
+    out: list[str | dict[str, Any] | None] = []
+    run: list[str] = []
+    for entry in [*entries, None]:
+        if isinstance(entry, str):
+            run.append(entry)
+            continue
+        out += _split_run(run)
+        run = []
+        out.append(dict(entry) if isinstance(entry, dict) else entry)
+    return out[:-1]
+
+
+def _split_run(pieces: list[str]) -> list[str | dict[str, Any]]:
+    ends = list(itertools.accumulate(len(p) for p in pieces))
+    out: list[str | dict[str, Any]] = []
+    at = 0
+    for part in split_cues("".join(pieces)):
+        after = at + len(part.text)
+        if part.kind != "words":
+            extra = {"n": int(part.name)} if part.kind == "speaker" else {}
+            out.append({part.kind: part.text, **extra})
+        else:
+            cuts = [at, *(e for e in ends if at < e < after), after]
+            out += [part.text[a - at : b - at] for a, b in itertools.pairwise(cuts)]
+        at = after
+    return out
+
+
+class _Throttle:
+    """Calls ``action`` at most every ``interval`` seconds: a call that comes sooner is made
+    by a timer when the interval is over (one pending call at most); ``now=True`` calls at
+    once and drops the pending one. Thread-safe; ``action`` runs outside the lock."""
+
+    def __init__(self, action: Callable[[], None], interval: float) -> None:
+        self._action = action
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._timer is not None
+
+    def __call__(self, *, now: bool = False) -> None:
+        with self._lock:
+            wait = self._last + self._interval - time.monotonic()
+            if not now and wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self.__call__, kwargs={"now": True})
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._last = time.monotonic()
+        self._action()
+
+
+def _replay_messages(
+    recording: Recording, seqs: list[int]
+) -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+    """The ``replay`` messages (content, buffers) carrying the chunks among ``seqs`` that
+    ``recording`` has, in order, each with at most ``_REPLAY_BATCH_BYTES`` of PCM (or one
+    bigger chunk)."""
+    total = recording.chunk_count
+    chunks = [recording.chunk(seq) for seq in seqs if 0 <= seq < total]
+    start = 0
+    while start < len(chunks):
+        end, size = start + 1, len(chunks[start].pcm)
+        while end < len(chunks) and size + len(chunks[end].pcm) <= _REPLAY_BATCH_BYTES:
+            size += len(chunks[end].pcm)
+            end += 1
+        batch = chunks[start:end]
+        seqs_and_chars = {"seqs": [c.seq for c in batch], "chars": [c.chars for c in batch]}
+        yield {"kind": "replay", **seqs_and_chars}, [c.pcm for c in batch]
+        start = end
 
 
 class _Fallback:
@@ -432,18 +516,18 @@ class _Fallback:
             if self._published:
                 return
             self._published = True
-        with player._lock:
-            chunks = list(player._chunks)
+        recording = player.recording
+        chunks, rate = recording.chunks, recording.sample_rate
         if not chunks:
             return
         fmt, data = formats.get(self._format), b""
         if fmt.name != "wav":
             try:
-                data = _encode_chunks(fmt, chunks, player.sample_rate)
+                data = _encode_chunks(fmt, chunks, rate)
             except MissingDependencyError:
                 logger.info("no %s encoder is installed: the saved audio is WAV", fmt.name)
         if not data:
-            fmt, data = formats.get("wav"), wav_bytes(b"".join(chunks), player.sample_rate)
+            fmt, data = formats.get("wav"), wav_bytes(b"".join(chunks), rate)
         html = _fallback_html(self._player_id, _audio_tag(fmt.mime, data))
         self._context.copy().run(self._handle.update, HTML(html))
 
@@ -482,12 +566,23 @@ def display_player(
         display_fn: How to display (IPython's ``display`` by default).
         **kwargs: Passed to :class:`Player`.
 
+    In a marimo notebook (``display_fn`` left alone) nothing is displayed here: marimo shows
+    a cell's last expression, not what ``display()`` is given. End the cell with the session
+    (it shows as this player: ``session.player``) or, without a session, with the player.
+    No fallback either: marimo keeps no outputs in its notebook files.
+
     Raises:
         ValidationError: ``fallback`` is not one of the values above.
     """
     if fallback not in FALLBACK_FORMATS:
         raise ValidationError("fallback", fallback, "must be 'wav', 'mp3' or None")
     player = Player(**kwargs)
+    if session is not None:
+        session.player = player
+    if display_fn is display and _running_in_marimo():
+        if session is not None:
+            player.attach(session)
+        return player
     display_fn(player)
     if fallback is not None:
         handle = display_fn(HTML(_fallback_html(player.player_id, "")), display_id=True)
@@ -496,3 +591,18 @@ def display_player(
     if session is not None:
         player.attach(session)
     return player
+
+
+def _running_in_marimo() -> bool:
+    """Whether this runs in a marimo notebook's kernel (``marimo edit`` or ``marimo run``).
+
+    marimo is looked up, never imported: a process that has not imported it runs no marimo
+    notebook, and importing it would cost every other kernel time.
+    """
+    marimo = sys.modules.get("marimo")
+    if marimo is None:
+        return False
+    try:
+        return bool(marimo.running_in_notebook())
+    except Exception:  # an old or half-imported marimo: not one this code knows
+        return False

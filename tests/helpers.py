@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fish_notebook.timeline import TimedWord
+
 #: Every field of the ``request`` map of a ``start`` event, as PROTOCOL.md lists them.
 REQUEST_FIELDS = frozenset(
     {
@@ -59,3 +61,21 @@ class RecordingListener:
 
     def of(self, kind: str) -> list[Any]:
         return [value for name, value in self.calls if name == kind]
+
+
+class WordListener(RecordingListener):
+    """A listener that also hears of words (``("words", (start, words))``) and skipped markup."""
+
+    def on_words(self, words: list[TimedWord], start: int) -> None:
+        self.calls.append(("words", (start, list(words))))
+
+    def on_skipped(self, text: str) -> None:
+        self.calls.append(("skipped", text))
+
+    def words(self) -> list[TimedWord]:
+        """The words as its ``on_words`` calls leave them: each replaces from its start."""
+        out: list[TimedWord] = []
+        for start, words in self.of("words"):
+            assert 0 <= start <= len(out), f"words from {start} leave a hole after {len(out)}"
+            out[start:] = words
+        return out

@@ -12,7 +12,8 @@ The model name chooses the behaviour:
   client sees an incomplete chunked body, as when a network drops);
 - anything else: the whole reply.
 
-Every request body is kept in :attr:`LLMServer.requests`, with its ``Authorization`` header.
+Every request body is kept in :attr:`LLMServer.requests`, with its ``Authorization`` header;
+:attr:`LLMServer.messages` holds the chat messages of each request, oldest first.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ class LLMServer:
     def url(self) -> str:
         """The OpenAI base URL (``http://127.0.0.1:PORT/v1``)."""
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def messages(self) -> list[list[dict[str, Any]]]:
+        """The ``messages`` each chat request sent (what the model was shown), oldest first."""
+        with self._lock:
+            return [
+                list(request["body"].get("messages", []))
+                for request in self.requests
+                if request["path"].rstrip("/") == "/v1/chat/completions"
+            ]
 
     def tokens(self) -> list[str]:
         return llm_tokens(self.reply)

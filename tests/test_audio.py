@@ -776,7 +776,7 @@ def test_format_registry_holds_every_wire_format() -> None:
     for name, fmt in formats.FORMATS.items():
         assert fmt.name == name and fmt.suffix.startswith(".") and "/" in fmt.mime
         assert fmt.default_rate == default_sample_rate(name)
-    assert formats.SAVABLE == ("wav", "mp3")
+    assert formats.SAVABLE == ("wav", "mp3", "opus")
 
 
 @pytest.mark.parametrize("name", ["pcm", "wav", "mp3"])

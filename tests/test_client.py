@@ -26,7 +26,7 @@ from fish_notebook import (
     ValidationError,
     WebSocketError,
 )
-from fish_notebook.client import build_request
+from fish_notebook.options import SocketOptions, build_request
 from tests.helpers import REQUEST_FIELDS
 from tests.wire_server import WireServer
 
@@ -375,3 +375,68 @@ def test_completes_sentence() -> None:
     assert not completes_sentence("for e.g.", " this")
     assert not completes_sentence("Middle initial J.", " Doe")
     assert not completes_sentence("no end", " here")
+
+
+def test_ws_options_map_to_the_socket() -> None:
+    """The SDK's WebSocketOptions (or a dict of its fields) set websockets' keepalive and
+    limits; fields left at None keep ours; bad values fail at call time, naming the field."""
+    from fishaudio import WebSocketOptions
+
+    options = WebSocketOptions(
+        keepalive_ping_interval_seconds=5, max_message_size_bytes=2**20, queue_size=4
+    )
+    assert SocketOptions.from_ws_options(options) == SocketOptions(5, 20.0, 2**20, 4)
+    assert SocketOptions.from_ws_options({"keepalive_ping_timeout_seconds": 60.0}) == (
+        SocketOptions(ping_timeout=60.0)
+    )
+    assert SocketOptions.from_ws_options(None) == SocketOptions()
+    client = AsyncRealtimeClient(base_url="http://127.0.0.1:9")
+    bad = WebSocketOptions(keepalive_ping_timeout_seconds=-1)
+    with pytest.raises(ValidationError, match="ws_options.keepalive_ping_timeout_seconds"):
+        client.stream_websocket("x", ws_options=bad)
+    with pytest.raises(ValidationError, match="ws_options.ping"):
+        client.stream_websocket("x", ws_options={"ping": 1})
+    with pytest.raises(ValidationError, match="WebSocketOptions"):
+        client.stream_websocket("x", ws_options=30)
+
+
+async def test_ws_options_max_message_size_is_applied() -> None:
+    """max_message_size_bytes reaches the socket: audio frames larger than it end the stream."""
+    from fishaudio import WebSocketOptions
+
+    async with WireServer() as server:
+        client = AsyncRealtimeClient(base_url=server.base_url)
+        small = WebSocketOptions(max_message_size_bytes=1000)  # the audio frame is 2,400 bytes
+        _, error = await _collect(client, "Hello there.", format="pcm", ws_options=small)
+        assert isinstance(error, WebSocketError) and "1009" in str(error)
+        roomy = {"max_message_size_bytes": 10_000}
+        chunks, error = await _collect(client, "Hello there.", format="pcm", ws_options=roomy)
+        assert error is None and sum(map(len, chunks)) == 2400
+
+
+async def test_ws_options_keepalive_finds_a_deaf_server() -> None:
+    """The ping interval and timeout reach the socket: a server that never answers pings is
+    found out by keepalive (here within 15 s; websockets' default would take 40 s)."""
+    from fishaudio import WebSocketOptions
+    from websockets.asyncio.server import ServerConnection, serve
+
+    released = asyncio.Event()
+
+    async def deaf(ws: ServerConnection) -> None:
+        ws.transport.pause_reading()  # reads nothing, so it never answers a ping
+        await released.wait()
+        ws.transport.abort()
+
+    async with serve(deaf, "127.0.0.1", 0, close_timeout=1) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncRealtimeClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=Timeout(receive=None, close=0.5)
+        )
+        keepalive = WebSocketOptions(
+            keepalive_ping_interval_seconds=0.2, keepalive_ping_timeout_seconds=0.2
+        )
+        try:
+            _, error = await asyncio.wait_for(_collect(client, "Hi.", ws_options=keepalive), 15)
+        finally:
+            released.set()
+    assert isinstance(error, WebSocketError) and "keepalive ping timeout" in str(error)

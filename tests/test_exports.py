@@ -35,3 +35,16 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert fish_notebook.RealtimeClient.__name__ == "RealtimeClient"  # lazily resolved
+
+
+def test_public_functions_are_not_shadowed_by_their_modules() -> None:
+    """Importing every module first leaves speak and play the functions (a module named like
+    the function would replace it on the package)."""
+    code = (
+        "import importlib, pkgutil, fish_notebook as f\n"
+        "for m in pkgutil.iter_modules(f.__path__):\n"
+        "    importlib.import_module('fish_notebook.' + m.name)\n"
+        "print(callable(f.play) and f.play.__module__, callable(f.speak) and f.speak.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["fish_notebook.playing", "fish_notebook.speaking"]

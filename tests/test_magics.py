@@ -8,6 +8,7 @@ came out is checked for a plausible duration and for not being silent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -98,14 +99,12 @@ class Kernel:
         return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def kernel(
-    local_server: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Kernel]:
-    """One kernel for the module, with FISH_BASE_URL at the suite's embedded server."""
-    cwd = tmp_path_factory.mktemp("kernel")
+@contextlib.contextmanager
+def running_kernel(server_url: str, cwd: Path, **extra_env: str) -> Iterator[Kernel]:
+    """A kernel with FISH_BASE_URL at ``server_url`` and the extension loaded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FISH_", "OPENAI_"))}
-    env["FISH_BASE_URL"] = local_server.url
+    env["FISH_BASE_URL"] = server_url
+    env.update(extra_env)
     manager = jupyter_client.KernelManager(kernel_name="python3")
     manager.start_kernel(env=env, cwd=str(cwd))
     client = manager.client()
@@ -118,6 +117,15 @@ def kernel(
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel(
+    local_server: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Kernel]:
+    """One kernel for the module, with FISH_BASE_URL at the suite's embedded server."""
+    with running_kernel(local_server.url, tmp_path_factory.mktemp("kernel")) as kernel:
+        yield kernel
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +189,9 @@ def test_text_body_interpolates_and_flushes_where_marked(
         "And {2 + 3} comes after the flush.\n"
     )
     record = record_with(local_server, "Hello Ada")
-    assert segments(record) == [
-        "Hello Ada, this is the first line.\n",
+    assert segments(record) == [  # the client's early flush, then the cell's `--`
+        "Hello Ada, this is the first line.",
+        "\n",
         "And 5 comes after the flush.\n",
     ]
     assert texts(record)[:3] == ["Hello ", "Ada, ", "this "]  # typed word by word
@@ -462,7 +471,10 @@ def test_llm_stream_that_breaks_midway_fails_and_keeps_the_audio(
     kernel: Kernel, local_server: ThreadedServer, llm: LLMServer
 ) -> None:
     """A connection cut mid-answer surfaces as the cell's error; the audio so far is kept."""
-    kernel.ok(f"os.environ['OPENAI_BASE_URL'] = {llm.url!r}; os.environ['OPENAI_API_KEY'] = 'k'")
+    kernel.ok(
+        f"import os; os.environ['OPENAI_BASE_URL'] = {llm.url!r}; "
+        "os.environ['OPENAI_API_KEY'] = 'k'"
+    )
     try:
         reply = kernel.run("%%speak --llm --llm-model break-after-12 --wait -q -o s_cut\nGo.\n")
     finally:
@@ -516,3 +528,188 @@ def test_asyncio_run_in_a_cell_gets_a_hint_and_other_errors_do_not(kernel: Kerne
         assert unloaded.status == "error" and "await main()" not in unloaded.stdout
     finally:
         kernel.ok("%load_ext fish_notebook")
+
+
+# --- configuration the IPython way ----------------------------------------------------------------
+
+
+def test_config_magic_sets_the_defaults_and_speak_config_says_where_they_came_from(
+    kernel: Kernel, local_server: ThreadedServer
+) -> None:
+    """%config SpeakMagics.x reaches speak(); %speak_config shows each value's origin."""
+    try:
+        kernel.ok('%config SpeakMagics.latency = "low"')
+        kernel.ok("%speak_config --voice en_US-joe-medium")
+        kernel.ok("import fish_notebook.speaking as _fs; _fs.defaults.model = 's1'")
+        shown = kernel.ok("%speak_config").stdout
+        assert "latency        low   [%config / ipython_config.py]" in shown
+        assert "voice          en_US-joe-medium   [%speak_config]" in shown
+        assert "model          s1   [set in Python" in shown
+        assert "speed          (1.0)\n" in shown  # the library's default: no origin
+        assert kernel.value("[_fs.defaults.latency, get_ipython().config.SpeakMagics.latency]") == [
+            "low",
+            "low",
+        ]
+        kernel.ok("%speak --wait -q Configured the IPython way.")
+        record = record_with(local_server, "Configured the IPython way.")
+        request = record.received[0].event.request  # type: ignore[union-attr]
+        assert (request.latency, request.reference_id) == ("low", "en_US-joe-medium")
+        assert record.model_header == "s1"
+
+        bad = kernel.run("%config SpeakMagics.speed = 9")
+        assert "SpeakMagics.speed" in bad.stderr + bad.stdout and "0.5..2" in bad.stderr
+        assert kernel.value("_fs.defaults.speed") is None  # refused: nothing changed
+        bad = kernel.run('%config SpeakMagics.backend = "moon"')
+        assert "SpeakMagics.backend" in bad.stderr
+        assert kernel.value("_fs.defaults.backend") == "auto"
+    finally:
+        reset = kernel.ok("%speak_config --reset").stdout
+    assert "[" not in reset.split("FISH_API_KEY")[0]  # every value back to its default
+    assert kernel.value("[_fs.defaults.latency, _fs.defaults.model]") == [None, None]
+
+
+def test_ipython_config_file_sets_the_defaults_of_every_kernel(
+    local_server: ThreadedServer, tmp_path: Path
+) -> None:
+    """c.SpeakMagics.voice in ipython_config.py holds in a new kernel, shown as config."""
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text(
+        'c.SpeakMagics.voice = "en_US-joe-medium"\nc.SpeakMagics.speed = 1.2\n', encoding="utf-8"
+    )
+    with running_kernel(local_server.url, tmp_path, IPYTHONDIR=str(tmp_path / "ipython")) as k:
+        shown = k.ok("%speak_config").stdout
+        assert "voice          en_US-joe-medium   [%config / ipython_config.py]" in shown
+        assert "speed          1.2   [%config / ipython_config.py]" in shown
+        k.ok("%speak --wait -q From the config file.")
+        record = record_with(local_server, "From the config file.")
+        request = record.received[0].event.request  # type: ignore[union-attr]
+        assert request.reference_id == "en_US-joe-medium"
+        assert request.prosody is not None and request.prosody.speed == pytest.approx(1.2)
+
+
+# --- dialogue cells -------------------------------------------------------------------------------
+
+
+def test_dialogue_cell_sends_speaker_tags_and_a_voice_per_speaker(
+    kernel: Kernel, local_server: ThreadedServer
+) -> None:
+    """--dialogue: speakers tagged in order of appearance, reference_id one voice each."""
+    kernel.ok("guest = 'Bob'")
+    kernel.ok(
+        "%%speak --dialogue --voices alice=en_US-joe-medium,bob=en_US-joe-medium --wait -q\n"
+        "Alice: Good morning, {guest}!\n"
+        "{guest}: Hi Alice.\n"
+        "\n"
+        "Alice: Dialogue cells work.\n"
+    )
+    record = record_with(local_server, "Dialogue cells work.")
+    request = record.received[0].event.request  # type: ignore[union-attr]
+    assert request.reference_id == ("en_US-joe-medium", "en_US-joe-medium")
+    assert "".join(texts(record)) == (
+        "<|speaker:0|>Good morning, Bob!\n<|speaker:1|>Hi Alice.\n"
+        "<|speaker:0|>Dialogue cells work.\n"
+    )
+    # The blank line is a flush point (the client may add its own early flush before it).
+    assert segments(record)[-1] == "<|speaker:0|>Dialogue cells work.\n"
+    assert texts(record)[:2] == ["<|speaker:0|>Good ", "morning, "]  # typed word by word
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("%%speak --voices a=x\nhi", "--voices goes with --dialogue"),
+        ("%%speak --chat\nhi", "--chat goes with --llm"),
+        ("%%speak --dialogue --gen\nA: hi", "choose one of"),
+        ("%%speak --dialogue\nno name here\nA: hi", "each turn starts with 'Name: '"),
+        ("%%speak --dialogue --voices carol=x\nA: hi", "not a speaker here"),
+        ("%%speak --dialogue --voices a\nA: hi", "name=ID"),
+        ("%%speak --dialogue --voices a=x\nA: hi\nB: ho", "these speakers have no voice"),
+    ],
+)
+def test_dialogue_and_chat_mistakes_are_usage_errors(
+    kernel: Kernel, code: str, message: str
+) -> None:
+    """Bad dialogue scripts and misplaced options: one-line UsageErrors."""
+    reply = kernel.run(code)
+    assert reply.ename == "UsageError", (reply.ename, reply.evalue)
+    assert message in (reply.evalue or ""), reply.evalue
+
+
+# --- chat memory ----------------------------------------------------------------------------------
+
+
+def test_chat_cells_keep_the_conversation_until_reset(
+    kernel: Kernel, local_server: ThreadedServer, llm: LLMServer
+) -> None:
+    """--chat: the second request holds the first turn; --reset-chat empties it."""
+    options = f"--llm --chat --llm-url {llm.url} --llm-key k --wait -q"
+    kernel.ok("%speak_config --reset-chat")
+    before = len(llm.messages)
+    kernel.ok(f"%%speak {options}\nFirst question.\n")
+    kernel.ok(f"%%speak {options} --system 'Be brief.'\nSecond question.\n")
+    first, second = llm.messages[before:]
+    assert first == [{"role": "user", "content": "First question."}]
+    assert second == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "First question."},
+        {"role": "assistant", "content": llm.reply},  # what was heard: all of it
+        {"role": "user", "content": "Second question."},
+    ]
+    assert "chat           4 turns" in kernel.ok("%speak_config").stdout
+
+    kernel.ok(f"%%speak --llm --llm-url {llm.url} --llm-key k --wait -q\nNot remembered.\n")
+    assert llm.messages[-1] == [{"role": "user", "content": "Not remembered."}]  # no --chat
+    assert "chat           0 turns" in kernel.ok("%speak_config --reset-chat").stdout
+    kernel.ok(f"%%speak {options}\nThird question.\n")
+    assert llm.messages[-1] == [{"role": "user", "content": "Third question."}]
+
+
+# --- help -----------------------------------------------------------------------------------------
+
+
+def test_speak_help_shows_every_option(kernel: Kernel) -> None:
+    """%%speak? pages the help of every option, the new ones included."""
+    reply = kernel.client.execute_interactive("%%speak?", timeout=30, allow_stdin=False)
+    pages = [p["data"]["text/plain"] for p in reply["content"]["payload"] if p["source"] == "page"]
+    assert pages, reply["content"]
+    page = pages[0]
+    options = kernel.value(
+        "sorted({o for a in get_ipython().magics_manager.magics['cell']['speak'].parser._actions"
+        " for o in a.option_strings})"
+    )
+    assert len(options) > 25
+    for option in options:
+        assert option in page, option
+    for words in ("'Name: line' lines", "alice=ID,bob=ID", "--reset-chat forgets them"):
+        assert words in " ".join(page.split()), words
+
+
+# --- LLM answers worth hearing ----------------------------------------------------------------
+
+MARKDOWN_REPLY = (
+    "## Plan\n\nFirst, **install** the package:\n\n```sh\npip install fish-notebook\n```\n\n"
+    "- Then read [the docs](https://docs.python.org/3/library/) now.\n"
+)
+
+
+def test_llm_markdown_is_read_as_speech_and_the_transcript_keeps_what_was_skipped(
+    kernel: Kernel, local_server: ThreadedServer
+) -> None:
+    """An --llm answer in markdown: no markup character reaches the server, the code block
+    is a spoken note, the link its text; --speak-markup sends the markup as written."""
+    with LLMServer(MARKDOWN_REPLY) as markdown_llm:
+        kernel.ok(f"%%speak --llm --llm-url {markdown_llm.url} --wait -q -o s_md\nPlan it.\n")
+        record = record_with(local_server, "Plan")
+        sent = "".join(texts(record))
+        assert not set("*#`[]()|") & set(sent), sent
+        assert "install the package" in sent and "code block in shell" in sent
+        assert "pip install fish-notebook" not in sent and "the docs" in sent
+        entries = kernel.value("s_md.recording.transcript_entries")
+        skipped = "".join(e["skipped"] for e in entries if isinstance(e, dict) and "skipped" in e)
+        assert "pip install fish-notebook" in skipped and "**" in skipped
+        kernel.ok(
+            f"%%speak --llm --speak-markup --llm-url {markdown_llm.url} --wait -q\nRaw, please.\n"
+        )
+        raw = "".join(texts(record_with(local_server, "## Plan")))
+        assert raw == MARKDOWN_REPLY

@@ -7,6 +7,7 @@ to the suite's embedded server, whose recorder shows what the panel sent and whe
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -109,7 +110,8 @@ def test_stop_ends_the_session_and_typing_starts_a_new_one(
     second = wait_until(lambda: len(panel.sessions) == 2 and panel.sessions[1], "a new session")
     panel.speak()
     second.wait(30)
-    assert second.text == ["Fresh ", "words. "]
+    # The client's early flush follows the first sentence's end, wherever the tokens split.
+    assert second.text == ["Fresh ", "words.", None, " "]
     assert panel.player is not None and panel.player.audio == second.audio
 
 
@@ -170,13 +172,17 @@ def test_two_panels_keep_their_own_sessions_and_audio(
 def test_voice_selector_lists_the_servers_voices(
     panels: Callable[..., SpeakPanel], local_server: ThreadedServer
 ) -> None:
-    """The dropdown is filled from GET /v1/voices; the chosen voice goes into the request."""
+    """The dropdown is filled from GET /model (as for the cloud); the voice goes into the
+    request; the embedded server's list needs its token."""
     panel = panels()
     assert panel.voices_ready.wait(15)
     assert isinstance(panel.voice_input, ipywidgets.Dropdown)
     assert ("en_US-joe-medium (default)", "en_US-joe-medium") in panel.voice_input.options
     assert panel.voice == "en_US-joe-medium"
-    assert voices_url(base_url=local_server.url) == local_server.http_url + "/v1/voices"
+    assert voices_url(base_url=local_server.url) == (
+        local_server.http_url + "/model?page_size=100",
+        None,
+    )
 
 
 def test_cloud_or_unlisted_servers_get_a_text_field() -> None:
@@ -186,7 +192,8 @@ def test_cloud_or_unlisted_servers_get_a_text_field() -> None:
         assert panel.voices_ready.wait(15)
         assert isinstance(panel.voice_input, ipywidgets.Text)
         assert panel.voice == "my-voice-id"
-        assert voices_url(backend="cloud", api_key="dummy") is None
+        url, key = voices_url(backend="cloud", api_key="dummy")
+        assert url.endswith("/model?page_size=100&self=true") and key == "dummy"
     finally:
         panel.close()
     unlisted = SpeakPanel(base_url="http://127.0.0.1:9")  # nothing listens there
@@ -227,3 +234,23 @@ async def test_text_feed_keeps_order_across_threads_and_drains_after_close() -> 
         assert [g for g in got if isinstance(g, str) and g[0] == tag] == [
             f"{tag}{i}" for i in range(200)
         ]
+
+
+def test_voice_list_of_a_fish_api_server_with_a_key() -> None:
+    """A server that speaks Fish's API (here the cloud double) fills the dropdown from
+    GET /model, with the key as a bearer token; the key is nowhere in the widgets' state."""
+    from .cloud_double import CloudDouble
+
+    with CloudDouble() as double:
+        key = double.script.api_key
+        panel = SpeakPanel(base_url=double.base_url, api_key=key)
+        try:
+            assert panel.voices_ready.wait(15)
+            assert isinstance(panel.voice_input, ipywidgets.Dropdown)
+            ids = [value for _, value in panel.voice_input.options]
+            assert ids == [v["_id"] for v in double.script.voices]
+            listing = [r for r in double.requests if r.path == "/model"]
+            assert listing and listing[-1].headers.get("Authorization") == f"Bearer {key}"
+            assert key not in json.dumps(panel.get_state(), default=str)
+        finally:
+            panel.close()

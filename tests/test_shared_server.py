@@ -166,3 +166,43 @@ def test_no_shared_server_when_asked_or_folder_not_private(
     assert _local_process.shared_state_dir() is None
     state_dir.chmod(0o700)
     assert _local_process.shared_state_dir() == state_dir
+
+
+def test_load_ext_warms_the_shared_server_and_a_second_kernel_reuses_it(
+    state_dir: Path,
+) -> None:
+    """%load_ext starts the embedded server in the background before any speech; a second
+    kernel finds the same one; neither kernel needs FISH_BASE_URL."""
+    import jupyter_client
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FISH_BASE_URL", "FISH_API_KEY")}
+    kernels = []
+    try:
+        for _ in range(2):
+            manager = jupyter_client.KernelManager(kernel_name="python3")
+            manager.start_kernel(env=env)
+            client = manager.client()
+            client.start_channels()
+            client.wait_for_ready(timeout=60)
+            kernels.append((manager, client))
+            reply = client.execute_interactive("%load_ext fish_notebook", timeout=60)
+            assert reply["content"]["status"] == "ok"
+            state = wait_until(
+                lambda: read_state(state_dir / STATE_FILE), "the warm-up to start the server", 90
+            )
+        pid = state["pid"]
+        _, second = kernels[1]
+        lines: list[str] = []
+
+        def collect(message: dict[str, object]) -> None:
+            content = message.get("content")
+            if message.get("msg_type") == "stream" and isinstance(content, dict):
+                lines.append(str(content.get("text")))
+
+        code = "from fish_notebook._local_process import ensure_local_server as e; print(e().pid)"
+        second.execute_interactive(code, timeout=60, output_hook=collect)
+        assert int("".join(lines).strip()) == pid
+    finally:
+        for manager, client in kernels:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)

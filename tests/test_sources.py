@@ -668,3 +668,48 @@ def test_all_exports_exist() -> None:
     """Every name in __all__ is defined."""
     for name in sources.__all__:
         assert hasattr(sources, name), name
+
+
+# --- the speakable filter in the source --------------------------------------------------------
+
+
+MARKDOWN_TOKENS = [
+    "## Setup\n",
+    "Run **pip",
+    "** first:\n",
+    "```sh\n",
+    "pip install x\n",
+    "```\n",
+    "Done.",
+]
+
+
+async def _events_of(source: object, speakable: bool | None) -> list[object]:
+    from fish_notebook.sources import iter_source
+
+    return [event async for event in iter_source(source, speakable=speakable)]
+
+
+async def test_speakable_source_reads_markdown_as_speech_and_reports_what_it_skipped() -> None:
+    """speakable=True: no markup reaches the text events; skipped markup comes out as
+    SkippedText in order; the code block is a spoken note and a flush."""
+    from fish_notebook.sources import SkippedText
+
+    events = await _events_of(MARKDOWN_TOKENS, True)
+    spoken = "".join(e.text for e in events if isinstance(e, TextEvent))
+    skipped = "".join(e.text for e in events if isinstance(e, SkippedText))
+    assert not set("*#`") & set(spoken)
+    assert "Setup" in spoken and "Run pip first" in spoken and "code block" in spoken
+    assert "pip install x" in skipped and "**" in skipped
+    assert any(isinstance(e, FlushEvent) for e in events)
+
+
+async def test_speakable_auto_is_on_for_llm_chunks_and_off_for_plain_text() -> None:
+    """None (auto): an LLM's chunk objects are filtered; plain strings pass as written."""
+    chunks = [{"choices": [{"delta": {"content": token}}]} for token in MARKDOWN_TOKENS]
+    filtered = await _events_of(chunks, None)
+    assert not set("*#`") & set("".join(e.text for e in filtered if isinstance(e, TextEvent)))
+    plain = await _events_of(MARKDOWN_TOKENS, None)
+    assert [e.text for e in plain if isinstance(e, TextEvent)] == MARKDOWN_TOKENS
+    off = await _events_of(chunks, False)
+    assert [e.text for e in off if isinstance(e, TextEvent)] == MARKDOWN_TOKENS

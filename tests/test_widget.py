@@ -7,11 +7,13 @@ half is tested in tests/browser/.
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import re
 import struct
 import time
+import tracemalloc
 import wave
 from typing import Any
 
@@ -26,7 +28,8 @@ from fish_notebook.client import TimedWord
 from fish_notebook.errors import SessionStateError, ValidationError
 from fish_notebook.local import ThreadedServer
 from fish_notebook.session import Playback
-from fish_notebook.widget import Player, display_player
+from fish_notebook.widget import Player, display_player, transcript_parts
+from tests.cloud_double import CloudDouble
 from tests.wire_server import threaded_wire_server
 
 
@@ -365,13 +368,104 @@ def test_a_timestamped_session_gives_the_player_its_words(local_server: Threaded
     assert len(session.words) >= 5
     for player in (live, late):
         assert player.words == session.words
-        sent = [c for c, _ in comm_of(player).custom() if c["kind"] == "words"]
-        assert [w for c in sent for w in c["words"]] == [list(w) for w in session.words]
-        assert [c["from"] for c in sent] == [
-            sum(len(c["words"]) for c in sent[:i]) for i in range(len(sent))
-        ]
+        assert page_words(player) == [list(w) for w in session.words]
     (late_words,) = [c for c, _ in comm_of(late).custom() if c["kind"] == "words"]
     assert late_words["from"] == 0
+
+
+def page_words(player: Player) -> list[list[Any]]:
+    """The words a page holds after the player's words messages, each replacing from its
+    ``from`` (as receiving.js does); a ``from`` past the end would leave a hole."""
+    words: list[list[Any]] = []
+    for content, _ in comm_of(player).custom():
+        if content["kind"] == "words":
+            assert 0 <= content["from"] <= len(words), content
+            words[content["from"] :] = content["words"]
+    return words
+
+
+def test_revised_words_go_with_the_index_they_replace_from() -> None:
+    """on_words(words, start) replaces from ``start`` (recorded, then sent with ``from``);
+    without ``start`` the words follow the ones so far; a shorter revision is sent too."""
+    player = Player(sample_rate=8000)
+    player.on_audio(pcm(800), 0)
+    one, two, too = (
+        TimedWord("One", 0.0, 0.1),
+        TimedWord("two", 0.1, 0.2),
+        TimedWord("too", 0.1, 0.25),
+    )
+    player.on_words([one, two])
+    player.on_words([too], 1)
+    player.on_words([], 1)
+    sent = [c for c, _ in comm_of(player).custom() if c["kind"] == "words"]
+    assert sent == [
+        {"kind": "words", "from": 0, "words": [["One", 0.0, 0.1], ["two", 0.1, 0.2]]},
+        {"kind": "words", "from": 1, "words": [["too", 0.1, 0.25]]},
+        {"kind": "words", "from": 1, "words": []},
+    ]
+    assert player.words == [one] and page_words(player) == [["One", 0.0, 0.1]]
+
+
+def test_a_cloud_session_gives_the_page_each_word_once() -> None:
+    """Against Fish's documented shape (cumulative snapshots per chunk_seq), the words the
+    page holds, live or from the inventory, are the session's: none repeated."""
+    with CloudDouble() as cloud:
+        text = "One two three. Four five six seven, eight nine ten."
+        session = Session(
+            text,
+            api_key=cloud.script.api_key,
+            base_url=cloud.base_url,
+            timestamps=True,
+            start=False,
+        )
+        live = Player(session)
+        session.start().wait(60)
+        click(live, {"kind": "replay-request"})
+    words = [list(w) for w in session.words]
+    assert [w[0] for w in words] == text.split()
+    assert page_words(live) == words
+    (inventory,) = [c for c, _ in comm_of(live).custom() if c["kind"] == "recording"]
+    assert inventory["words"] == words
+
+
+def test_the_transcript_goes_cut_into_words_cues_speakers_and_skipped_markup() -> None:
+    """Cues, pauses and speaker tags become parts of their own (found across pieces),
+    skipped markup stays in its place, and text without cues goes as it came."""
+    player = Player(sample_rate=8000)
+    for piece in ["<|speaker:0|>So [hap", "py] we go", " (excited) "]:
+        player.on_text(piece)
+    player.on_skipped("**")
+    player.on_text("now [break] <|speaker:1|>(like this) ok.")
+    player.on_flush()
+    assert player.transcript == [
+        {"speaker": "<|speaker:0|>", "n": 0},
+        "So ",
+        {"cue": "[happy]"},
+        " we go",
+        " ",
+        {"cue": "(excited)"},
+        " ",
+        {"skipped": "**"},
+        "now ",
+        {"break": "[break]"},
+        " ",
+        {"speaker": "<|speaker:1|>", "n": 1},
+        "(like this) ok.",
+        None,
+    ]
+    assert player.recording.text == [
+        "<|speaker:0|>So [hap",
+        "py] we go",
+        " (excited) ",
+        "now [break] <|speaker:1|>(like this) ok.",
+        None,
+    ]
+    assert transcript_parts(["Hello ", "there.", None, " Bye."]) == [
+        "Hello ",
+        "there.",
+        None,
+        " Bye.",
+    ]
 
 
 def test_the_player_takes_the_rate_a_wav_header_gives_before_the_first_chunk() -> None:
@@ -417,3 +511,64 @@ def test_text_waiting_for_its_transcript_update_goes_out_before_its_words() -> N
         if data.get("content", {}).get("kind") == "words"
     )
     assert text_at < words_at
+
+
+class DiscardingComm(BaseComm):
+    """A comm that sends nothing and keeps nothing, like one whose frontend is gone."""
+
+    def publish_msg(self, msg_type: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_the_player_reads_the_sessions_recording_so_the_kernel_holds_the_pcm_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attached player keeps no copy: it plays the session's recording, and after a
+    3.2 MB stream the kernel holds about 3.2 MB (one copy), not two."""
+    monkeypatch.setattr(comm, "create_comm", lambda **kwargs: DiscardingComm(**kwargs))
+    Playback([pcm(100)], format="pcm").wait(20)  # start the loop and reader threads first
+    chunk_samples, chunks = 16_000, 100
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        stream = (pcm(chunk_samples, i) for i in range(chunks))
+        playback = Playback(stream, format="pcm", sample_rate=16000, start=False)
+        player = Player(playback)
+        playback.start().wait(20)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    size = chunks * chunk_samples * 2
+    assert player.recording is playback.recording
+    assert player.audio == playback.audio and len(playback.audio) == size
+    assert player.chunk_count == chunks
+    assert size <= held < 1.25 * size, f"held {held / size:.2f}x the PCM"
+
+
+def test_a_player_fed_by_hand_records_into_its_own_recording() -> None:
+    """No session: the player keeps what it is given (text, audio, words, rate) itself, and
+    refuses to follow a session afterwards (the page already has its chunks); so does a
+    player that followed one."""
+    player = Player(sample_rate=8000)
+    player.on_text("Hi ")
+    player.on_flush()
+    player.on_audio(pcm(800), 7)
+    player.on_audio(b"", 8)  # no samples: nothing recorded, nothing sent
+    player.on_words([TimedWord("Hi", 0.0, 0.1)])
+    player.sample_rate = 16000
+    recording = player.recording
+    assert (recording.text, recording.chunks, recording.words) == (
+        ["Hi ", None],
+        [pcm(800)],
+        [("Hi", 0.0, 0.1)],
+    )
+    assert recording.sample_rate == 16000 and recording.chunk(0).chars == 3
+    session = Session("Hello.", base_url="ws://127.0.0.1:9", start=False)  # never started
+    with pytest.raises(SessionStateError, match="by hand"):
+        player.attach(session)
+    follower = Player(session)
+    follower.detach()
+    with pytest.raises(SessionStateError, match="already follows"):
+        follower.attach(session)  # its views hold that session's chunks

@@ -1,4 +1,4 @@
-"""From a voice's PCM to the bytes of the stream a client asked for: pcm, wav or mp3.
+"""From a voice's PCM to the bytes of the stream a client asked for: pcm, wav, mp3 or opus.
 
 Pure apart from CPU work (no I/O). One :class:`StreamEncoder` per session; call
 :meth:`~StreamEncoder.encode` with each synthesized chunk, :meth:`~StreamEncoder.drain` when
@@ -12,6 +12,8 @@ at the end. Concatenating everything returned is one valid stream of the request
   current MP3 run so its last frames go out now instead of waiting for more speech; the
   next audio starts a new run. Runs concatenate into one playable stream (a few
   milliseconds of encoder padding between them, at pauses in the speech anyway).
+- ``opus``: Ogg Opus pages (:mod:`fish_notebook.opus`) at ``opus_bitrate``; :meth:`drain`
+  hands out the whole pages (the open one, up to 0.1 s at a pause, waits for more audio).
 
 Each chunk is resampled on its own (``soxr``): chunks are whole sentences with silence at
 both ends, so nothing is held back between chunks and no seam is audible.
@@ -25,13 +27,22 @@ from typing import Any
 
 from .. import formats
 from ..errors import MissingDependencyError, ValidationError
+from ..protocol import TTSRequest
 
-__all__ = ["SUPPORTED_FORMATS", "StreamEncoder"]
+__all__ = ["SUPPORTED_FORMATS", "StreamEncoder", "opus_kbps"]
 
 #: What the local server can send: every registered format with an encoder.
 SUPPORTED_FORMATS: tuple[str, ...] = tuple(
     name for name, fmt in formats.FORMATS.items() if fmt.encoder is not None
 )
+
+
+def opus_kbps(opus_bitrate: int) -> int:
+    """A request's ``opus_bitrate`` in kbps: the SDK sends kbps (24..64), the cloud takes
+    bits per second (24000..64000); -1000 (auto) is 0, the encoder's choice."""
+    if opus_bitrate <= 0:
+        return 0
+    return opus_bitrate // 1000 if opus_bitrate >= 1000 else opus_bitrate
 
 
 def _import_numpy_soxr() -> tuple[Any, Any]:
@@ -49,7 +60,14 @@ class StreamEncoder:
     Not thread-safe: a session feeds it from one thread at a time.
     """
 
-    def __init__(self, audio_format: str, sample_rate: int, *, mp3_bitrate: int = 128) -> None:
+    def __init__(
+        self,
+        audio_format: str,
+        sample_rate: int,
+        *,
+        mp3_bitrate: int = 128,
+        opus_bitrate: int = -1000,
+    ) -> None:
         if audio_format not in SUPPORTED_FORMATS:
             raise ValidationError(
                 "format", audio_format, "the local server speaks " + ", ".join(SUPPORTED_FORMATS)
@@ -57,8 +75,20 @@ class StreamEncoder:
         self.format = audio_format
         self.sample_rate = sample_rate
         self.mp3_bitrate = mp3_bitrate
+        # kbps for the format's encoder; the protocol's opus_bitrate may be in bps, -1000 auto
+        self.bitrate = opus_kbps(opus_bitrate) if audio_format == "opus" else mp3_bitrate
         self._format = formats.get(audio_format)
-        self._encoder = self._format.encode_stream(sample_rate, mp3_bitrate)
+        self._encoder = self._format.encode_stream(sample_rate, self.bitrate)
+
+    @classmethod
+    def for_request(cls, request: TTSRequest) -> StreamEncoder:
+        """The encoder a request asks for: its format, rate and bitrate."""
+        return cls(
+            request.format,
+            request.effective_sample_rate,
+            mp3_bitrate=request.mp3_bitrate,
+            opus_bitrate=request.opus_bitrate,
+        )
 
     def __repr__(self) -> str:
         return f"StreamEncoder({self.format!r}, {self.sample_rate})"
@@ -110,7 +140,7 @@ class StreamEncoder:
     @property
     def byte_rate(self) -> int:
         """Bytes per second of the stream this encoder makes."""
-        return self._format.byte_rate(self.sample_rate, self.mp3_bitrate)
+        return self._format.byte_rate(self.sample_rate, self.bitrate)
 
     def _resample(self, pcm: bytes, rate: int) -> bytes:
         if rate == self.sample_rate:

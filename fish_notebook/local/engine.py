@@ -104,6 +104,8 @@ class VoiceInfo:
     sample_rate: int
     default: bool = False
     model_path: Path | None = None
+    language: str | None = None  # the config's language family ("en"), if it says
+    quality: str | None = None  # Piper's quality name ("medium"), if the config says
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "default": self.default, "sample_rate": self.sample_rate}
@@ -365,11 +367,22 @@ class VoiceLibrary:
         for name, (model, config) in self._files().items():
             try:
                 with open(config, encoding="utf-8") as handle:
-                    rate = int(json.load(handle)["audio"]["sample_rate"])
+                    settings = json.load(handle)
+                rate = int(settings["audio"]["sample_rate"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("voice %s has an unreadable config (%s): skipped", name, exc)
                 continue
-            infos.append(VoiceInfo(name, rate, default=name == DEFAULT_VOICE, model_path=model))
+            language = settings.get("language")
+            infos.append(
+                VoiceInfo(
+                    name,
+                    rate,
+                    default=name == DEFAULT_VOICE,
+                    model_path=model,
+                    language=_text(language.get("family") if isinstance(language, dict) else None),
+                    quality=_text(settings["audio"].get("quality")),
+                )
+            )
         infos.sort(key=lambda info: (not info.default, info.id))
         return infos
 
@@ -398,3 +411,7 @@ class VoiceLibrary:
 
     def _alignment(self, wanted: bool | None) -> bool:
         return self.alignment or bool(wanted)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..protocol import AudioEvent, ClientEvent, FinishEvent, ServerEvent
 
-__all__ = ["ReceivedFrame", "Recorder", "SentEvent", "SessionRecord"]
+__all__ = ["ReceivedFrame", "Recorder", "SentEvent", "SessionNotes", "SessionRecord"]
 
 
 @dataclass(frozen=True)
@@ -179,3 +179,34 @@ class Recorder:
             record.close_code = close_code
             record.closed = time.monotonic()
             self._changed.notify_all()
+
+
+class SessionNotes:
+    """What one session tells its server's recorder; nothing at all when there is none."""
+
+    def __init__(self, recorder: Recorder | None, headers: Mapping[str, str], model: str) -> None:
+        self._recorder = recorder
+        self.record = recorder.open(headers, model) if recorder is not None else None
+
+    def __repr__(self) -> str:
+        return f"SessionNotes({'recording' if self.record is not None else 'off'})"
+
+    def voice(self, name: str) -> None:
+        if self.record is not None:
+            self.record.voice = name
+
+    def received(self, event: ClientEvent | None, error: Any = None) -> None:
+        if self._recorder is not None and self.record is not None:
+            self._recorder.received(self.record, event, error)
+
+    def sent(self, event: ServerEvent) -> None:
+        if self._recorder is not None and self.record is not None:
+            self._recorder.sent(self.record, event)
+
+    def spoke(self, text: str) -> None:
+        if self._recorder is not None and self.record is not None:
+            self._recorder.spoke(self.record, text)
+
+    def closed(self, close_code: int | None) -> None:
+        if self._recorder is not None and self.record is not None:
+            self._recorder.close(self.record, close_code)

@@ -29,7 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 
-from ..errors import ValidationError
+from .._checks import check_number
 
 __all__ = ["POLL_SECONDS", "SynthesisCancelled", "SynthesisSlots", "usable_cores"]
 
@@ -57,8 +57,7 @@ class SynthesisSlots:
     """
 
     def __init__(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValidationError("size", size, "must be an int >= 1")
+        check_number("size", size, 1, integer=True)
         self.size = size
         self._changed = threading.Condition()
         self._running = 0

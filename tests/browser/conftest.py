@@ -145,7 +145,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tts_server: Any) -> Iterator[L
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("JUPYTER", "IPYTHON", "FISH_"))
+        # The run's FISH_NOTEBOOK_* plumbing stays (its leftover-process mark, its state folder).
+        if not key.startswith(("JUPYTER", "IPYTHON", "FISH_")) or key.startswith("FISH_NOTEBOOK_")
     }
     for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
         env[name] = str(base / name.lower())

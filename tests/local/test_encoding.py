@@ -1,4 +1,4 @@
-"""StreamEncoder: a voice's PCM into the bytes of a pcm, wav or mp3 stream."""
+"""StreamEncoder: a voice's PCM into the bytes of a pcm, wav, mp3 or opus stream."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import struct
 
 import pytest
-from local_wire import parse_mp3, parse_wav
+from local_wire import parse_mp3, parse_wav, rms
 
 from fish_notebook.errors import ValidationError
 from fish_notebook.local.encoding import StreamEncoder
@@ -50,17 +50,51 @@ def test_mp3_drain_lets_the_tail_out_and_runs_concatenate() -> None:
 
 
 def test_unsupported_format_is_refused() -> None:
-    """opus is not encoded locally: ValidationError naming the formats that are."""
-    with pytest.raises(ValidationError, match="pcm, wav, mp3"):
-        StreamEncoder("opus", 48000)
+    """A format the registry does not know: ValidationError naming the formats it does."""
+    with pytest.raises(ValidationError, match="pcm, wav, mp3, opus"):
+        StreamEncoder("flac", 48000)
 
 
-@pytest.mark.parametrize("audio_format", ["pcm", "wav", "mp3"])
+@pytest.mark.parametrize(("rate", "kbps"), [(48000, 24), (48000, 64000), (22050, -1000)])
+def test_opus_drain_and_finish_make_one_ogg_opus_stream(rate: int, kbps: int) -> None:
+    """Opus out of two drained runs decodes (libsndfile) to the audio's length, at 48 kHz or
+    the next Opus rate up; the drain lets all but the open page out; the bitrate counts."""
+    import io
+
+    import soundfile
+
+    encoder = StreamEncoder("opus", rate, opus_bitrate=kbps)
+    first = encoder.encode(tone(1.0), 22050) + encoder.drain()
+    second = encoder.encode(tone(1.0), 22050) + encoder.finish()
+    samples, opus_rate = soundfile.read(io.BytesIO(first + second), dtype="int16")
+    assert first.startswith(b"OggS") and opus_rate == (24000 if rate == 22050 else 48000)
+    assert abs(len(samples) / opus_rate - 2.0) < 0.01
+    assert rms(samples.tobytes()) > 1000
+    let_out, _ = soundfile.read(io.BytesIO(first), dtype="int16")  # the drain's pages
+    assert len(let_out) / opus_rate > 0.85  # all but the open page of the first second
+    kept = (len(first) + len(second)) * 8 / 2.0 / 1000  # kbps on the wire
+    assert kept < 40 if kbps == 24 else kept > 40
+
+
+@pytest.mark.parametrize("audio_format", ["pcm", "wav", "mp3", "opus"])
 def test_slices_join_to_the_whole(audio_format: str) -> None:
     """encode_slices joined equals encode of the whole chunk, in several slices."""
     pcm = tone(2.0)
-    whole = StreamEncoder(audio_format, 44100)
-    sliced = StreamEncoder(audio_format, 44100)
+    rate = 48000 if audio_format == "opus" else 44100  # an Opus rate: no second resampling
+    whole = StreamEncoder(audio_format, rate)
+    sliced = StreamEncoder(audio_format, rate)
     parts = list(sliced.encode_slices(pcm, 22050, seconds=0.5))
     assert len(parts) >= 3
-    assert b"".join(parts) + sliced.finish() == whole.encode(pcm, 22050) + whole.finish()
+    joined, alone = b"".join(parts) + sliced.finish(), whole.encode(pcm, 22050) + whole.finish()
+    if audio_format == "opus":  # each Ogg stream has its own random serial number
+        joined, alone = decoded_opus(joined), decoded_opus(alone)
+    assert joined == alone
+
+
+def decoded_opus(stream: bytes) -> bytes:
+    import io
+
+    import soundfile
+
+    samples, _ = soundfile.read(io.BytesIO(stream), dtype="int16")
+    return bytes(samples.tobytes())

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +40,7 @@ from local_wire import FLUSH, LIVE, SENTENCE, STOP, frame, handshake, start, tex
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from fish_notebook import formats
 from fish_notebook.errors import ProtocolError, ValidationError
 from fish_notebook.local import LocalServer, SessionRecord, ThreadedServer
 from fish_notebook.local.encoding import SUPPORTED_FORMATS
@@ -615,3 +617,104 @@ async def wait_for_no_sessions(server: ThreadedServer, timeout: float = 30) -> i
             break
         await asyncio.sleep(0.05)
     return server.server.active_sessions
+
+
+# --- the HTTP side: POST /v1/tts bodies and headers, GET /model queries ------------------------
+
+HTTP_EXAMPLES = 120
+CONTENT_TYPES = [
+    "application/msgpack",
+    "application/json",
+    "",
+    "text/plain",
+    "application/x-msgpack",
+]
+short_speech = st.lists(words, min_size=1, max_size=4).map(" ".join)
+tts_request = st.fixed_dictionaries(
+    {"text": short_speech | st.text(max_size=12) | msgpack_values},
+    optional={
+        "format": st.sampled_from([*SUPPORTED_FORMATS, "flac"]) | msgpack_values,
+        "sample_rate": st.sampled_from([None, 8000, 24000, 44100, 7]),
+        "opus_bitrate": st.sampled_from([-1000, 24, 64000, 5]),
+        "latency": st.sampled_from(["normal", "balanced", "low", "now"]),
+        "prosody": st.none() | msgpack_values,
+        "chunk_length": st.integers(0, 400),
+    },
+)
+
+
+@st.composite
+def http_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A content type and a body: a request map (JSON or MessagePack), any value, garbage."""
+    content_type = draw(st.sampled_from(CONTENT_TYPES))
+    value: Any = draw(tts_request | msgpack_values)
+    if "json" in content_type or not content_type:
+        try:
+            body = json.dumps(value).encode()
+        except (TypeError, ValueError):  # bytes, odd keys: not JSON
+            body = draw(st.binary(max_size=40))
+    else:
+        body = packed(value)
+    return content_type, draw(st.just(body) | st.binary(max_size=60))
+
+
+model_queries = st.lists(
+    st.tuples(
+        st.sampled_from(["page_size", "page_number", "title", "tag", "self", "language",
+                         "sort_by", "author_id", "x"]),
+        st.text(URL_CHARS, max_size=6) | st.sampled_from(["1", "0", "100", "true", "created_at"]),
+    ),
+    max_size=4,
+)  # fmt: skip
+
+
+def check_http_answer(answer: httpx.Response) -> str:
+    """200 with audio of a registry type (a text with nothing to say may give no audio, but
+    a WAV is always a file), or a 4xx JSON message; never anything else."""
+    if answer.status_code == 200:
+        mime = answer.headers["content-type"]
+        assert mime in {f.mime for f in formats.FORMATS.values()} | {"application/json"}, mime
+        if mime == formats.get("wav").mime:
+            assert answer.content.startswith(b"RIFF")
+        return "200"
+    assert 400 <= answer.status_code < 500, answer.status_code
+    assert answer.headers["content-type"] == "application/json"
+    data = answer.json()
+    assert data["status"] == answer.status_code and data["message"]
+    return str(answer.status_code)
+
+
+def test_http_endpoints_answer_4xx_json_or_audio_beside_a_healthy_session(
+    fuzz_server: ThreadedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random bodies, content types and model headers for POST /v1/tts and random queries
+    for GET /model get audio or a 4xx JSON message, never a 5xx or a hang; the server logs
+    no error, and a healthy WebSocket session beside them gets byte-identical audio."""
+    reference = {name: asyncio.run(steady_audio(fuzz_server.url, name)) for name in STEADY_SESSIONS}
+    answers: Counter[str] = Counter()
+    http = httpx.Client(base_url=fuzz_server.http_url, timeout=60)
+
+    @settings(
+        max_examples=HTTP_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(http_bodies(), st.text(URL_CHARS, max_size=12), model_queries)
+    def one_round(body: tuple[str, bytes], model: str, query: list[tuple[str, str]]) -> None:
+        content_type, data = body
+        headers = {"model": model} | ({"Content-Type": content_type} if content_type else {})
+        answers[
+            "tts " + check_http_answer(http.post("/v1/tts", content=data, headers=headers))
+        ] += 1
+        answers["model " + check_http_answer(http.get("/model", params=query))] += 1
+
+    with caplog.at_level(logging.WARNING), Companion(fuzz_server.url) as companion, http:
+        one_round()
+    print(f"HTTP answers: {dict(answers)}; healthy sessions beside: {len(companion.results)}")
+    assert {"tts 200", "tts 400", "model 200", "model 400"} <= set(answers), answers
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not companion.errors and len(companion.results) >= 1
+    for name, audio in companion.results:
+        assert audio == reference[name], f"{name}: audio differs beside the HTTP fuzzer"
+    assert healthy(fuzz_server)
+    assert asyncio.run(wait_for_no_sessions(fuzz_server)) == 0

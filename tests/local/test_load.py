@@ -31,12 +31,12 @@ from typing import Any
 import pytest
 from local_wire import FLUSH, LIVE, SENTENCE, STOP, Outcome, next_event, read_all, start, text
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.cli import READY_PREFIX
-from fish_notebook.local.server import _Session
+from fish_notebook.local.session import LiveSession
+from fish_notebook.local.websocket import LiveSocketHandler, TornadoConnection
 
 CLIENTS = 50
 DEFAULT_MAX_SESSIONS = 8
@@ -151,8 +151,8 @@ def test_fifty_sessions_at_once_against_the_default_limits(default_server: Threa
         f"heap growth {growth / 1024:.0f} KiB over 100 sessions; top: {top}"
     )
     assert default_server.server.active_sessions == 0
-    assert live(_Session) == 0
-    assert live(ServerConnection) == 0
+    assert live(LiveSession) == 0
+    assert live(TornadoConnection) == 0 and live(LiveSocketHandler) == 0
     assert settled_fds("self", fds) == fds
     assert threading.active_count() == threads
     assert growth < HEAP_SLACK

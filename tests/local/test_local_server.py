@@ -105,12 +105,25 @@ async def test_mp3_is_the_default_with_the_requested_rate_and_bitrate(
     assert 1.5 < mp3.duration < 5.5
 
 
-async def test_opus_is_refused_with_a_clear_message(local_server: ThreadedServer) -> None:
-    """format=opus ends the session with finish reason=error naming the usable formats."""
-    out = await session(local_server.url, [start(format="opus"), text(SENTENCE), STOP])
-    assert out.finish is not None and out.finish["reason"] == "error"
-    assert "opus" in out.finish["message"] and "mp3" in out.finish["message"]
-    assert out.audio == b""
+@pytest.mark.parametrize(("rate", "opus_rate"), [(None, 48000), (16000, 16000), (44100, 48000)])
+async def test_opus_is_one_ogg_opus_stream(
+    local_server: ThreadedServer, rate: int | None, opus_rate: int
+) -> None:
+    """format=opus sends Ogg pages that decode (libsndfile) to the sentence, at 48 kHz by
+    default, at a requested Opus rate, or at the next Opus rate up from another."""
+    import io
+
+    import soundfile
+
+    out = await session(
+        local_server.url, [start(format="opus", sample_rate=rate), text(SENTENCE), STOP]
+    )
+    assert out.finish == {"event": "finish", "reason": "stop"}
+    assert out.audio.startswith(b"OggS") and out.audio.count(b"OpusHead") == 1
+    samples, decoded_rate = soundfile.read(io.BytesIO(out.audio), dtype="int16")
+    assert decoded_rate == opus_rate
+    assert 1.5 < len(samples) / decoded_rate < 5.0
+    assert rms(samples.tobytes()) > 500
 
 
 async def test_audio_events_stay_under_the_sdk_message_limit(local_server: ThreadedServer) -> None:

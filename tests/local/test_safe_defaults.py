@@ -2,7 +2,7 @@
 
 Loopback bind; beyond loopback only with a token (or an explicit, logged ``--insecure``);
 bounded frames (compressed ones too) and buffered text; idle sessions closed, busy ones
-not; and at DEBUG, where websockets logs every request header, no ``Authorization`` value
+not; and at DEBUG, where the server logs every request header, no ``Authorization`` value
 (the server's token or a key a client sent by mistake) reaches a log line.
 """
 
@@ -37,8 +37,8 @@ from websockets.exceptions import InvalidStatus
 
 from fish_notebook._net import REDACTED, RedactingLogger
 from fish_notebook.local import LocalServer, ThreadedServer
+from fish_notebook.local.chunker import MAX_PIECE
 from fish_notebook.local.cli import READY_PREFIX, TOKEN_ENV, build_parser, serve_main
-from fish_notebook.local.server import MAX_PIECE
 
 TOKEN = "tok-3f9c2e71-server"
 CLIENT_KEY = "sk-live-5d1a08bb-client"  # a cloud key sent to the local server by mistake

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import soundfile
 from fishaudio import AsyncFishAudio, FishAudio
 from fishaudio.exceptions import WebSocketError
 from fishaudio.types import FlushEvent, Prosody, TextEvent, TTSConfig
@@ -103,11 +105,21 @@ def test_sync_several_calls_in_a_row_and_an_empty_stream(local_server: ThreadedS
     assert first and second and empty == b""
 
 
-def test_sync_opus_raises_websocket_error(local_server: ThreadedServer) -> None:
-    """The SDK sees the refusal of opus as its WebSocketError."""
+def test_sync_opus_stream_decodes(local_server: ThreadedServer) -> None:
+    """stream_websocket(format="opus") gives one Ogg Opus stream at 48 kHz with the words."""
     client = FishAudio(api_key="x", base_url=local_server.http_url)
+    audio = b"".join(client.tts.stream_websocket(tokens_with_flush(), format="opus"))
+    samples, rate = soundfile.read(io.BytesIO(audio), dtype="int16")
+    assert rate == 48000 and len(samples) / rate > 2.0
+
+
+def test_sync_failure_raises_websocket_error(local_server: ThreadedServer) -> None:
+    """The SDK sees a session the server ends with an error (too much text waiting) as its
+    WebSocketError."""
+    client = FishAudio(api_key="x", base_url=local_server.http_url)
+    flood = iter(["a " * 100_001])  # over the default max_text of 200,000 characters
     with pytest.raises(WebSocketError):
-        b"".join(client.tts.stream_websocket(iter(["Hi."]), format="opus"))
+        b"".join(client.tts.stream_websocket(flood, format="pcm"))
 
 
 async def async_tokens() -> AsyncIterator[Any]:

@@ -4,10 +4,12 @@
 //   {kind: "audio", seq, chars}           + 1 buffer    (live)
 //   {kind: "recording", total, first}                    (answer to {kind: "replay-request"})
 //   {kind: "replay", seqs, chars}         + n buffers   (answer to {kind: "replay-request", seqs})
-//   {kind: "words", from, words}                        (live: words from index `from` on)
-// The inventory also carries every word so far (`words`). A word is [text, start, end] in
-// seconds on the recording's timeline (0 = the first sample of chunk 0): words arriving twice
-// land on the same index, so live words and the inventory never duplicate or leave a hole.
+//   {kind: "words", from, words}                        (live: the words from index `from` on)
+// The inventory also carries every word so far (`words`, from 0). A word is [text, start, end]
+// in seconds on the recording's timeline (0 = the first sample of chunk 0). Every words message
+// REPLACES the words from its `from` on (the server revises the words of the chunk it is
+// rendering): a revised word takes the place of the old one, never a second place. The kernel
+// sends the inventory and the live messages in the order the changes happened.
 // Chunks are kept by seq (duplicates dropped). The handler is registered in anywidget's
 // `initialize` (once per model, before any view renders) because messages sent before a
 // handler exists are dropped; the replay-request fills whatever was missed, and views that
@@ -84,6 +86,8 @@ class Recording {
     this.words = [];
     /** number of words present from index 0 without a hole */
     this.wordCount = 0;
+    /** counts the changes to the words, so a view redraws a revision of the same length */
+    this.wordsRevision = 0;
   }
 
   /** @param {number} seq */
@@ -155,18 +159,24 @@ class Recording {
   }
 
   /**
-   * Put `list` at indices `from`, `from + 1`, ...; words already there are kept.
+   * The words from index `from` on are now `list`: they replace whatever was there, and any
+   * word after them goes (the kernel sends the whole tail). A malformed word ends the list.
    * @param {number} from
    * @param {any[]} list
    */
-  addWords(from, list) {
+  replaceWords(from, list) {
     if (!Number.isInteger(from) || from < 0) return;
-    list.forEach((word, i) => {
-      const ok =
-        Array.isArray(word) && typeof word[0] === "string" && Number.isFinite(word[1]) && Number.isFinite(word[2]);
-      if (ok && !this.words[from + i]) this.words[from + i] = /** @type {Word} */ ([word[0], word[1], word[2]]);
+    const ok = (/** @type {any} */ w) =>
+      Array.isArray(w) && typeof w[0] === "string" && Number.isFinite(w[1]) && Number.isFinite(w[2]);
+    const bad = list.findIndex((w) => !ok(w));
+    const valid = bad < 0 ? list : list.slice(0, bad);
+    this.words.length = Math.max(from, 0);
+    valid.forEach((w, i) => {
+      this.words[from + i] = /** @type {Word} */ ([w[0], w[1], w[2]]);
     });
+    this.wordCount = Math.min(this.wordCount, from);
     while (this.words[this.wordCount]) this.wordCount += 1;
+    this.wordsRevision += 1;
   }
 
   /**
@@ -229,7 +239,8 @@ class Receiver {
     } else if (msg.kind === "recording") {
       // The kernel's inventory (answer to our replay-request): ask for what is missing.
       this.markLive();
-      if (Array.isArray(msg.words)) this.recording.addWords(0, msg.words);
+      // Every word so far (none when the kernel left `words` out).
+      this.recording.replaceWords(0, Array.isArray(msg.words) ? msg.words : []);
       const missing = this.recording.missing(msg.total);
       if (missing.length) this.model.send({ kind: "replay-request", seqs: missing });
       this.stats.data.replays += 1;
@@ -241,7 +252,7 @@ class Receiver {
       seqs.forEach((seq, i) => this.take(seq, buffers[i], (msg.chars || [])[i] ?? 0, now));
       this.hooks.chunks(false);
     } else if (msg.kind === "words" && Array.isArray(msg.words)) {
-      this.recording.addWords(msg.from, msg.words);
+      this.recording.replaceWords(msg.from, msg.words);
       this.hooks.words();
     }
   }
