@@ -364,9 +364,10 @@ class _Answerer:
                 return self.asked
             return next((t for t in reversed(self.turns) if not t.done), None)
 
-    def first_sample(self, at: float | None) -> None:
+    def first_sample(self, at: float | None, turn: VoiceTurn | None = None) -> None:
         with self.changed:
-            turn = next((t for t in reversed(self.turns) if t.session is not None), None)
+            if turn is None:
+                turn = next((t for t in reversed(self.turns) if t.session is not None), None)
             if turn is not None:
                 self.machine.first_sample(turn.metrics, at)
 
@@ -465,6 +466,16 @@ class VoiceLoop:
             return list(self._answerer.turns)
 
     @property
+    def wait_for_page(self) -> bool:
+        """Whether an answer lasts until the page reports the end of its playback
+        (:meth:`playback_ended`); settable, e.g. once a page is known to be there."""
+        return self._answerer.speech.wait_for_page
+
+    @wait_for_page.setter
+    def wait_for_page(self, value: bool) -> None:
+        self._answerer.speech.wait_for_page = bool(value)
+
+    @property
     def state(self) -> str:
         """``listening``, ``user_speaking``, ``thinking`` or ``answering``."""
         return self._machine.state
@@ -544,22 +555,33 @@ class VoiceLoop:
 
     # --- barge-in and the page's news ------------------------------------------------------
 
-    def interrupt(self, playhead_s: float | None = None) -> VoiceTurn | None:
+    def interrupt(
+        self, playhead_s: float | None = None, *, turn: VoiceTurn | None = None
+    ) -> VoiceTurn | None:
         """Cut the answer being spoken: stop its session and the agent's stream, and keep in
         its turn what was heard up to ``playhead_s`` (seconds of the answer's audio the page
         played; None: estimated as the time since its first audio reached the kernel).
-        Returns the interrupted turn, or None when no answer was being spoken."""
-        turn = self._answerer.speaking()
-        return None if turn is None else self._answerer.interrupt(turn, playhead_s)
+        ``turn``: the answer the page silenced (a page's late report then never cuts a newer
+        answer); default the one being spoken. Returns the interrupted turn, or None when no
+        answer was being spoken (or ``turn``'s was already over)."""
+        if turn is None:
+            turn = self._answerer.speaking()
+        if turn is None or turn.done:
+            return None
+        return self._answerer.interrupt(turn, playhead_s)
 
-    def first_sample_scheduled(self, at: float | None = None) -> None:
-        """The page scheduled the first sample of the latest answer (``at``: a reading of the
-        loop's clock; default now)."""
-        self._answerer.first_sample(at)
+    def first_sample_scheduled(
+        self, at: float | None = None, *, turn: VoiceTurn | None = None
+    ) -> None:
+        """The page scheduled the first sample of the latest answer, or of ``turn``'s (``at``:
+        a reading of the loop's clock; default now)."""
+        self._answerer.first_sample(at, turn)
 
-    def playback_ended(self) -> None:
-        """The page played the latest answer to its end (with ``wait_for_page``)."""
-        turn = self._answerer.speaking()
+    def playback_ended(self, *, turn: VoiceTurn | None = None) -> None:
+        """The page played the latest answer (or ``turn``'s) to its end (with
+        ``wait_for_page``)."""
+        if turn is None:
+            turn = self._answerer.speaking()
         if turn is not None and turn.session is not None and turn.session.done:
             self._answerer.settle(turn, None)
 
