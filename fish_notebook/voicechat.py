@@ -16,8 +16,10 @@ The kernel side is a :class:`~fish_notebook.voiceloop.VoiceLoop` (``chat.loop``)
 
 In the page: ``getUserMedia`` with the browser's echo cancellation, noise suppression and
 gain control; an AudioWorklet (shipped in the widget as a Blob URL) resamples to 16 kHz
-16-bit mono and sends 20 ms frames as binary comm buffers (``{"kind": "mic", "seq": n}`` +
-bytes) to :meth:`VoiceLoop.feed`. Hands-free, the kernel's voice activity detector decides
+16-bit mono and sends 20 ms frames as binary comm buffers (``{"kind": "mic", "seq": n,
+"frames": k}`` + the bytes of ``k`` frames) to :meth:`VoiceLoop.feed`: one frame a message
+while the kernel keeps up, several at once while it does not (each message costs the kernel
+two status messages back to the page, which a loaded frontend cannot take 50 times a second). Hands-free, the kernel's voice activity detector decides
 when a turn ends; push-to-talk, frames go only while the button is held and its release
 ends the turn. A refused or missing microphone shows in the widget and sets
 :attr:`VoiceChat.error` (a :class:`~fish_notebook.errors.MicrophoneError`), calling
@@ -247,7 +249,7 @@ class VoiceChat(ipywidgets.VBox):
         **loop_options: Any,
     ) -> None:
         self.panel = MicrophonePanel(mode=mode)
-        self.answer_box = ipywidgets.Box()
+        self.answer_box = ipywidgets.VBox()
         super().__init__(children=[self.panel, self.answer_box])
         self.on_error = on_error
         #: The microphone's last failure (None while it works, or before it was asked for).
@@ -341,7 +343,7 @@ class VoiceChat(ipywidgets.VBox):
             return
         kind = content.get("kind")
         if kind == "mic" and buffers:
-            self._frame(content.get("seq"), buffers[0])
+            self._frames(content.get("seq"), content.get("frames", 1), buffers[0])
         elif kind == "page":
             self._page = True
             self.loop.wait_for_page = True  # answers last until the page has played them
@@ -355,12 +357,13 @@ class VoiceChat(ipywidgets.VBox):
         elif kind == "talk":
             self._talk(bool(content.get("down")))
 
-    def _frame(self, seq: Any, pcm: Any) -> None:
+    def _frames(self, seq: Any, count: Any, pcm: Any) -> None:
+        count = count if isinstance(count, int) and count > 0 else 1
         if isinstance(seq, int):
             if seq > self._next_seq:
                 self.lost_frames += seq - self._next_seq
-            self._next_seq = seq + 1
-        self.frames += 1
+            self._next_seq = seq + count
+        self.frames += count
         try:
             self.loop.feed(pcm)
         except SessionStateError:

@@ -93,11 +93,15 @@ class Page:
         self.seq = 0
         page_says(chat.panel, {"kind": "page"})
 
-    def speak(self, pcm: bytes, silence_s: float = 0.0) -> None:
+    def speak(self, pcm: bytes, silence_s: float = 0.0, batch: int = 1) -> None:
+        """Send ``pcm`` and ``silence_s`` of silence in 20 ms frames, ``batch`` a message."""
         pcm = pcm + SILENCE * round(silence_s * 50)
-        for at in range(0, len(pcm), FRAME_BYTES):
-            page_says(self.chat.panel, {"kind": "mic", "seq": self.seq}, [pcm[at : at + 640]])
-            self.seq += 1
+        step = FRAME_BYTES * batch
+        for at in range(0, len(pcm), step):
+            frames = -(-len(pcm[at : at + step]) // FRAME_BYTES)
+            content = {"kind": "mic", "seq": self.seq, "frames": frames}
+            page_says(self.chat.panel, content, [pcm[at : at + step]])
+            self.seq += frames
 
     def player(self) -> Player:
         children = self.chat.answer_box.children
@@ -115,7 +119,7 @@ def test_frames_from_the_page_make_a_turn_answered_in_the_widgets_player(
     chat = make_chat()
     page = Page(chat)
     assert chat.loop.wait_for_page  # a page is there: answers last until it played them
-    page.speak(question_pcm, silence_s=1.0)
+    page.speak(question_pcm, silence_s=1.0, batch=3)  # frames batched as a busy page does
     turn = wait_until(lambda: chat.turns and chat.turns[-1].session, "the answer", timeout=60)
     turn = chat.turns[-1]
     player = page.player()
@@ -183,6 +187,9 @@ def test_a_late_report_from_the_page_never_cuts_a_newer_answer(
     old_player = page.player()
     page_says(old_player, {"kind": "stopped", "playhead": 0.2})  # long after its end
     assert not turn.interrupted and turn.heard == turn.answer
+    page.seq += 5  # five frames the page numbered never came
+    page.speak(SILENCE * 2)
+    assert chat.lost_frames == 5 and chat.frames == page.seq - 5
 
 
 def test_push_to_talk_sends_a_turn_when_the_button_is_released(

@@ -66,7 +66,7 @@ class VoiceAnswer {
       sched.cut(FADE_S); // the page-wide queue's scheduler fades on its own gain
       if (player.member && typeof player.member.leave === "function") player.member.leave("stopped");
     } else {
-      this.rampDown(at);
+      this.rampDown(at, playhead);
     }
     this.stopped = true;
     this.quiet();
@@ -81,10 +81,11 @@ class VoiceAnswer {
 
   /**
    * Ramp the player's gain to 0 over FADE_S from `at`, stop scheduling at once, and stop the
-   * nodes once silent (then full gain again, for a replay).
+   * nodes once silent (then full gain again, for a replay). The playhead stays at `playhead`.
    * @param {number} at the audio clock now
+   * @param {number} playhead seconds of the recording playing at `at`
    */
-  rampDown(at) {
+  rampDown(at, playhead) {
     const sched = this.player.scheduler;
     const out = this.player.out;
     sched.stopped = true;
@@ -100,6 +101,7 @@ class VoiceAnswer {
     gain.linearRampToValueAtTime(0, at + FADE_S);
     setTimeout(() => {
       sched.stop();
+      sched.lastPosition = playhead; // not where the silent tail of the fade got to
       gain.cancelScheduledValues(0);
       gain.setValueAtTime(1, ctx.currentTime);
     }, FADE_S * 1000 + 20);

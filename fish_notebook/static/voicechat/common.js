@@ -13,7 +13,8 @@
 //
 // Messages to the kernel (the traits carry everything else):
 //   {kind: "page"}                              this page is here (answers wait for its playback)
-//   {kind: "mic", seq}  + 1 buffer              a frame: 16-bit LE mono PCM at `sample_rate`
+//   {kind: "mic", seq, frames}  + 1 buffer      `frames` frames (from number `seq` on) of 16-bit
+//                                               LE mono PCM at `sample_rate`, one after another
 //   {kind: "mic-started", rate, label, settings}
 //   {kind: "mic-error", name, message}          capture failed: the browser's error name
 //   {kind: "mic-stopped"}                       the user (or the kernel) turned it off

@@ -7,6 +7,18 @@
 const ORPHAN_MS = 400;
 /** Frames still sent after the talk button is released: the end of the last word. */
 const TALK_TAIL_MS = 150;
+/**
+ * Frames waiting for the kernel go in one message once fewer than this many messages are
+ * unanswered. Each comm message costs the kernel two status messages back to the page; at 50
+ * messages a second a loaded machine's frontend fell seconds behind (measured: execute replies
+ * 10-60 s late while the frames themselves arrived in time), so the page sends a frame as it
+ * comes only while the kernel keeps up, and batches them when it does not.
+ */
+const MAX_IN_FLIGHT = 2;
+/** A message whose "idle" status has not come back after this long counts as answered. */
+const ACK_TIMEOUT_MS = 1000;
+/** At most this many frames go in one message (half a second of 20 ms frames). */
+const MAX_BATCH = 25;
 /** How often the figures are published to the DOM (data-stats)... */
 const STATS_MS = 250;
 /** ...and to Python (a trait update goes through the kernel). */
@@ -20,6 +32,12 @@ class Microphone {
     /** @type {Capture | null} */
     this.capture = null;
     this.seq = 0;
+    /** @type {ArrayBuffer[]} frames not sent yet */
+    this.pending = [];
+    /** @type {Map<number, ReturnType<typeof setTimeout>>} messages unanswered, by first seq */
+    this.inFlight = new Map();
+    /** @type {Array<() => void>} what goes once every pending frame was sent */
+    this.afterFrames = [];
     /** @type {CaptureError | null} the browser's error, shown until the kernel's advice comes */
     this.pageError = null;
     this.talking = false;
@@ -34,6 +52,8 @@ class Microphone {
       status: "off",
       frames_sent: 0,
       bytes_sent: 0,
+      messages_sent: 0,
+      largest_batch: 0,
       capture_rate: 0,
       label: "",
       settings: /** @type {Record<string, any>} */ ({}),
@@ -114,9 +134,10 @@ class Microphone {
     if (this.capture) this.capture.stop();
     this.capture = null;
     this.endTalk();
+    this.flush(true); // what was heard before the button goes to the kernel, then the stop
     this.level = { db: -100, peak: -100 };
     this.setStatus("off");
-    this.model.send({ kind: "mic-stopped" });
+    this.sendAfterFrames({ kind: "mic-stopped" });
   }
 
   /** @param {string} status */
@@ -135,12 +156,62 @@ class Microphone {
     this.stats.level_db = db;
     this.stats.loudest_db = Math.max(this.stats.loudest_db, db);
     if (this.sending) {
-      this.model.send({ kind: "mic", seq: this.seq }, undefined, [f.pcm]);
-      this.seq += 1;
-      this.stats.frames_sent += 1;
-      this.stats.bytes_sent += f.pcm.byteLength;
+      this.pending.push(f.pcm);
+      this.flush();
     }
     for (const v of this.views) v.requestLevel();
+  }
+
+  /**
+   * Send the pending frames, as many messages as the kernel may have unanswered (all of them
+   * when `force`), then what waited for them.
+   * @param {boolean} force
+   */
+  flush(force = false) {
+    while (this.pending.length && (force || this.inFlight.size < MAX_IN_FLIGHT)) {
+      this.sendBatch(this.pending.splice(0, MAX_BATCH));
+    }
+    if (!this.pending.length) {
+      const after = this.afterFrames;
+      this.afterFrames = [];
+      for (const action of after) action();
+    }
+  }
+
+  /** @param {ArrayBuffer[]} frames sent as one message: {kind: "mic", seq, frames} + PCM */
+  sendBatch(frames) {
+    const bytes = frames.reduce((n, f) => n + f.byteLength, 0);
+    const pcm = new Uint8Array(bytes);
+    let at = 0;
+    for (const f of frames) {
+      pcm.set(new Uint8Array(f), at);
+      at += f.byteLength;
+    }
+    const seq = this.seq;
+    const answered = () => {
+      const timer = this.inFlight.get(seq);
+      if (timer === undefined) return;
+      clearTimeout(timer);
+      this.inFlight.delete(seq);
+      this.flush();
+    };
+    const callbacks = {
+      iopub: { status: (/** @type {any} */ msg) => msg.content.execution_state === "idle" && answered() },
+    };
+    this.inFlight.set(seq, setTimeout(answered, ACK_TIMEOUT_MS));
+    this.model.send({ kind: "mic", seq, frames: frames.length }, callbacks, [pcm.buffer]);
+    this.seq += frames.length;
+    const s = this.stats;
+    s.frames_sent += frames.length;
+    s.bytes_sent += bytes;
+    s.messages_sent += 1;
+    s.largest_batch = Math.max(s.largest_batch, frames.length);
+  }
+
+  /** Send `content` once every frame before it was sent (messages keep their order). */
+  sendAfterFrames(/** @type {any} */ content) {
+    this.afterFrames.push(() => this.model.send(content));
+    this.flush();
   }
 
   /** Push-to-talk: the button went down or up. @param {boolean} down */
@@ -156,7 +227,7 @@ class Microphone {
       this.talking = false;
       this.tailTimer = setTimeout(() => {
         this.tailTimer = null;
-        this.model.send({ kind: "talk", down: false });
+        this.sendAfterFrames({ kind: "talk", down: false });
       }, TALK_TAIL_MS);
     }
     this.changed();
@@ -168,7 +239,7 @@ class Microphone {
     if (this.tailTimer) clearTimeout(this.tailTimer);
     this.tailTimer = null;
     this.talking = false;
-    if (was) this.model.send({ kind: "talk", down: false });
+    if (was) this.sendAfterFrames({ kind: "talk", down: false });
   }
 
   // -- views and figures -------------------------------------------------------------------
@@ -200,7 +271,8 @@ class Microphone {
 
   /** Every STATS_MS: the figures to the DOM, and to Python at most every SYNC_MS. */
   publish() {
-    const text = JSON.stringify({ ...this.stats, seq: this.seq, talking: this.talking });
+    const state = { seq: this.seq, talking: this.talking, in_flight: this.inFlight.size };
+    const text = JSON.stringify({ ...this.stats, ...state });
     if (text !== this.published) {
       this.published = text;
       for (const v of this.views) v.root.dataset.stats = text;
@@ -221,5 +293,7 @@ class Microphone {
     if (this.capture) this.capture.stop();
     this.capture = null;
     if (this.tailTimer) clearTimeout(this.tailTimer);
+    for (const timer of this.inFlight.values()) clearTimeout(timer);
+    this.inFlight.clear();
   }
 }

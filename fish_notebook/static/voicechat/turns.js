@@ -46,8 +46,8 @@ function turnItem(turn) {
     const said = element("span", "fishnb-chat-said", turn.done ? turn.heard : "…");
     agent.append(said);
     if (turn.interrupted) {
+      said.append(" ", element("span", "fishnb-chat-cut", "interrupted"));
       if (turn.unheard) agent.append(element("span", "fishnb-chat-unheard", turn.unheard));
-      agent.append(element("span", "fishnb-chat-cut", "interrupted"));
     }
     li.append(agent);
   }
