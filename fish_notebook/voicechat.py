@@ -19,11 +19,11 @@ gain control; an AudioWorklet (shipped in the widget as a Blob URL) resamples to
 16-bit mono and sends 20 ms frames as binary comm buffers (``{"kind": "mic", "seq": n,
 "frames": k}`` + the bytes of ``k`` frames) to :meth:`VoiceLoop.feed`: one frame a message
 while the kernel keeps up, several at once while it does not (each message costs the kernel
-two status messages back to the page, which a loaded frontend cannot take 50 times a second). Hands-free, the kernel's voice activity detector decides
-when a turn ends; push-to-talk, frames go only while the button is held and its release
-ends the turn. A refused or missing microphone shows in the widget and sets
-:attr:`VoiceChat.error` (a :class:`~fish_notebook.errors.MicrophoneError`), calling
-``on_error``.
+two status messages back to the page, which a loaded frontend cannot take 50 times a
+second). Hands-free, the kernel's voice activity detector decides when a turn ends;
+push-to-talk, frames go only while the button is held and its release ends the turn. A
+refused or missing microphone shows in the widget and sets :attr:`VoiceChat.error` (a
+:class:`~fish_notebook.errors.MicrophoneError`), calling ``on_error``.
 
 Barge-in: when the loop confirms the user's speech over an answer (or push-to-talk is
 pressed during one), the kernel asks that answer's player to fade out (``{"kind":

@@ -233,6 +233,28 @@ class _Answerer:
         self.hooks = hooks  # on_answer and on_state are read at each use
         self.turns: list[VoiceTurn] = []
         self.asked: VoiceTurn | None = None  # the page was asked for this turn's playhead
+        self.replies: dict[int, Any] = {}  # id(metrics) -> the future of a reply in the works
+
+    def start_reply(self, metrics: TurnMetrics, wav: bytes) -> None:
+        """Answer the turn of ``metrics`` (its utterance: ``wav``) on the background loop."""
+        future = asyncio.run_coroutine_threadsafe(self.reply(metrics, wav), _loop.background_loop())
+        with self.changed:
+            self.replies[id(metrics)] = future
+        future.add_done_callback(functools.partial(self._reply_done, metrics))
+
+    def _reply_done(self, metrics: TurnMetrics, _future: Any) -> None:
+        with self.changed:
+            self.replies.pop(id(metrics), None)
+            self.changed.notify_all()
+        self.hooks._emit_state()
+
+    def cancel_replies(self, metrics: TurnMetrics | None = None) -> None:
+        """Drop the reply in the works for ``metrics``' turn (None: every one)."""
+        with self.changed:
+            keys = list(self.replies) if metrics is None else [id(metrics)]
+            futures = [self.replies[k] for k in keys if k in self.replies]
+        for future in futures:
+            future.cancel()
 
     def messages(self) -> Messages:
         with self.changed:
@@ -448,7 +470,6 @@ class VoiceLoop:
         self._answerer = _Answerer(speech, self._machine, self._changed, clock, self)
         self._mic = _Microphone()
         self._base = 0  # absolute samples before the detector's offsets (it restarts at finish)
-        self._replies: dict[int, Any] = {}  # id(metrics) -> the future of a reply in the works
         self._last_state = "listening"
         self._closed = False
 
@@ -467,8 +488,7 @@ class VoiceLoop:
 
     @property
     def wait_for_page(self) -> bool:
-        """Whether an answer lasts until the page reports the end of its playback
-        (:meth:`playback_ended`); settable, e.g. once a page is known to be there."""
+        """An answer lasts until the page reports its end (:meth:`playback_ended`); settable."""
         return self._answerer.speech.wait_for_page
 
     @wait_for_page.setter
@@ -533,24 +553,11 @@ class VoiceLoop:
     def _act(self, work: list[tuple[Any, bytes]]) -> None:
         for action, wav in work:
             if isinstance(action, EndOfTurn):
-                reply = self._answerer.reply(action.metrics, wav)
-                future = asyncio.run_coroutine_threadsafe(reply, _loop.background_loop())
-                with self._changed:
-                    self._replies[id(action.metrics)] = future
-                future.add_done_callback(functools.partial(self._reply_done, action.metrics))
+                self._answerer.start_reply(action.metrics, wav)
             elif isinstance(action, CancelReply):
-                with self._changed:
-                    cancelled = self._replies.get(id(action.cancelled))
-                if cancelled is not None:
-                    cancelled.cancel()
+                self._answerer.cancel_replies(action.cancelled)
             elif isinstance(action, BargeIn):
                 self._answerer.barge_in(action.interrupted)
-        self._emit_state()
-
-    def _reply_done(self, metrics: TurnMetrics, future: Any) -> None:
-        with self._changed:
-            self._replies.pop(id(metrics), None)
-            self._changed.notify_all()
         self._emit_state()
 
     # --- barge-in and the page's news ------------------------------------------------------
@@ -564,11 +571,8 @@ class VoiceLoop:
         ``turn``: the answer the page silenced (a page's late report then never cuts a newer
         answer); default the one being spoken. Returns the interrupted turn, or None when no
         answer was being spoken (or ``turn``'s was already over)."""
-        if turn is None:
-            turn = self._answerer.speaking()
-        if turn is None or turn.done:
-            return None
-        return self._answerer.interrupt(turn, playhead_s)
+        turn = turn or self._answerer.speaking()
+        return None if turn is None or turn.done else self._answerer.interrupt(turn, playhead_s)
 
     def first_sample_scheduled(
         self, at: float | None = None, *, turn: VoiceTurn | None = None
@@ -578,10 +582,8 @@ class VoiceLoop:
         self._answerer.first_sample(at, turn)
 
     def playback_ended(self, *, turn: VoiceTurn | None = None) -> None:
-        """The page played the latest answer (or ``turn``'s) to its end (with
-        ``wait_for_page``)."""
-        if turn is None:
-            turn = self._answerer.speaking()
+        """The page played the latest answer (or ``turn``'s) to its end (``wait_for_page``)."""
+        turn = turn or self._answerer.speaking()
         if turn is not None and turn.session is not None and turn.session.done:
             self._answerer.settle(turn, None)
 
@@ -590,7 +592,7 @@ class VoiceLoop:
     def _idle(self) -> bool:
         return (
             self._machine.state == "listening"
-            and not self._replies
+            and not self._answerer.replies
             and all(turn.done for turn in self._answerer.turns)
         )
 
@@ -624,9 +626,7 @@ class VoiceLoop:
         """Stop listening: drop a reply in the works and cut an answer being spoken."""
         with self._changed:
             self._closed = True
-            replies = list(self._replies.values())
-        for future in replies:
-            future.cancel()
+        self._answerer.cancel_replies()
         self.interrupt()
 
     def _emit_state(self) -> None:
