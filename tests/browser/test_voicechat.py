@@ -111,7 +111,9 @@ def cloud() -> Iterator[CloudDouble]:
         yield double
 
 
-def chat_cell(cloud: CloudDouble, answer: str, *, listen: bool = True) -> str:
+def chat_cell(
+    cloud: CloudDouble, answer: str, *, listen: bool = True, mode: str = "hands-free"
+) -> str:
     """The cell showing the chat: its agent answers ``answer``, or about Berlin when asked."""
     return (
         "from fish_notebook.voicechat import VoiceChat\n"
@@ -120,6 +122,7 @@ def chat_cell(cloud: CloudDouble, answer: str, *, listen: bool = True) -> str:
         f"    return {BERLIN!r} if 'Berlin' in messages[-1]['content'] else {answer!r}\n"
         f"chat = VoiceChat(agent, asr_base_url={cloud.base_url!r},\n"
         f"                 asr_api_key={cloud.script.api_key!r}, listen={listen},\n"
+        f"                 mode={mode!r},\n"
         "                 on_error=errors.append)\n"
         "chat"
     )
@@ -288,6 +291,35 @@ def test_talking_over_the_answer_silences_it_in_the_page(
         }
         write_metrics("browser_metrics.json", figures)
         print("voice chat barge-in figures:", json.dumps(figures))
+
+
+def test_push_to_talk_sends_frames_only_while_the_button_is_held(
+    lab: Lab, playwright: Any, capture_files: dict[str, Path], cloud: CloudDouble
+) -> None:
+    """Push-to-talk: the microphone runs (the meter moves) but nothing reaches the kernel
+    until the button is held; the release ends the turn after the last frames."""
+    flags = [*FAKE_MIC, f"--use-file-for-fake-audio-capture={capture_files['question']}"]
+    cell = chat_cell(cloud, SHORT_ANSWER, mode="push-to-talk")
+    with chat_page(lab, playwright, flags, "voice_push.ipynb", cell) as notebook:
+        wait_panel(notebook, "el => JSON.parse(el.dataset.stats || '{}').loudest_db > -40")
+        assert panel_stats(notebook)["frames_sent"] == 0
+        assert notebook.kernel_json("chat.frames") == 0
+        talk = notebook.page.locator(".fishnb-chat-talk")
+        assert talk.is_visible() and talk.is_enabled()
+
+        talk.hover()
+        notebook.page.mouse.down()
+        wait_panel(notebook, "el => JSON.parse(el.dataset.stats).frames_sent >= 50")
+        notebook.page.mouse.up()
+        wait_panel(notebook, "el => !JSON.parse(el.dataset.stats).talking")
+        notebook.page.wait_for_timeout(1000)  # the release's tail has gone, nothing more comes
+        sent = panel_stats(notebook)
+        notebook.page.wait_for_timeout(1000)
+        assert panel_stats(notebook)["frames_sent"] == sent["frames_sent"] >= 50
+        assert sent["talks"] == 1 and sent["in_flight"] == 0
+        notebook.wait_kernel("[chat.frames, chat.lost_frames]", [sent["frames_sent"], 0])
+        notebook.wait_kernel("chat.state != 'user_speaking'", True)  # the release ended it
+        notebook.kernel("chat.stop()")
 
 
 def test_a_refused_microphone_shows_in_the_widget_and_in_python(
