@@ -334,6 +334,7 @@ class VoiceChat(ipywidgets.VBox):
         for player in players:
             player.close()
         self.panel.close()
+        self.answer_box.close()
         super().close()
 
     # --- the page's news --------------------------------------------------------------------
