@@ -17,7 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from fish_notebook.agents import EchoAgent
 from fish_notebook.converse import ConverseMagics, agent_from_code
-from fish_notebook.errors import MicrophoneError
+from fish_notebook.errors import AuthenticationError, MicrophoneError
 from fish_notebook.local.engine import VoiceLibrary
 from fish_notebook.local.server import ThreadedServer
 from fish_notebook.voicechat import (
@@ -65,12 +65,9 @@ def make_chat(cloud: CloudDouble, local_server: ThreadedServer) -> Iterator[Call
     chats: list[VoiceChat] = []
 
     def make(agent: Any = None, **options: Any) -> VoiceChat:
+        options.setdefault("asr_api_key", cloud.script.api_key)
         chat = VoiceChat(
-            agent or EchoAgent(),
-            base_url=local_server.url,
-            asr_base_url=cloud.base_url,
-            asr_api_key=cloud.script.api_key,
-            **options,
+            agent or EchoAgent(), base_url=local_server.url, asr_base_url=cloud.base_url, **options
         )
         chats.append(chat)
         return chat
@@ -239,6 +236,22 @@ def test_a_refused_microphone_is_an_error_in_the_widget_and_in_python(
     page_says(chat.panel, {"kind": "mic-started", "rate": 48000, "label": "mic", "settings": {}})
     assert chat.error is None and chat.panel.error == ""
     assert chat.microphone["rate"] == 48000
+
+
+def test_a_failed_turn_is_shown_and_given_to_on_error(
+    make_chat: Callable[..., VoiceChat], question_pcm: bytes, tmp_path: Any
+) -> None:
+    seen: list[BaseException] = []
+    chat = make_chat(on_error=seen.append, asr_api_key="wrong-key")
+    path = tmp_path / "question.wav"
+    path.write_bytes(wav_file(question_pcm, 16_000))
+    turn = chat.hear(path)
+    assert turn is not None and isinstance(turn.error, AuthenticationError)
+    assert seen == [turn.error]
+    (drawn,) = chat.panel.turns
+    assert drawn["error"] == str(turn.error) and drawn["user"] == ""
+    chat.hear(path)  # a second failure is reported once too
+    assert len(seen) == 2
 
 
 def test_the_panel_refuses_an_unknown_mode() -> None:

@@ -112,7 +112,8 @@ class ChatView {
     this.talkButton.toggleAttribute("data-talking", this.mic.talking);
 
     const state = model.get("state") || "";
-    this.stateEl.textContent = status === "on" || state !== Object.keys(vocab.states)[0] ? vocab.states[state] || state : "";
+    const busy = state !== Object.keys(vocab.states)[0]; // past the first state: listening
+    this.stateEl.textContent = status === "on" || busy ? vocab.states[state] || state : "";
     this.stateEl.dataset.state = state;
 
     const page = this.mic.pageError;
