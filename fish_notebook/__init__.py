@@ -4,6 +4,7 @@
 
 - ``%load_ext fish_notebook`` -> the ``%%speak`` cell magic and ``%speak`` line magic.
 - :func:`speak` -> a :class:`Session` playing in the notebook while audio arrives.
+- :class:`VoiceChat` -> talk to an agent through the microphone (``%%converse`` too).
 - :class:`RealtimeClient` / :class:`AsyncRealtimeClient` -> Fish Audio's realtime protocol,
   the same ``stream_websocket`` call as the Fish SDK, against the cloud or the embedded server.
 """
@@ -18,6 +19,7 @@ from .errors import (
     ConnectError,
     ConnectTimeout,
     FishNotebookError,
+    MicrophoneError,
     MissingDependencyError,
     ProtocolError,
     ReceiveTimeout,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from .playing import play
     from .session import Playback, Session
     from .speaking import speak
+    from .voicechat import VoiceChat
     from .voiceloop import VoiceLoop
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "ConnectTimeout",
     "FishNotebookError",
     "FlushEvent",
+    "MicrophoneError",
     "MissingDependencyError",
     "Playback",
     "Prosody",
@@ -72,6 +76,7 @@ __all__ = [
     "Timeout",
     "TransportError",
     "ValidationError",
+    "VoiceChat",
     "VoiceLoop",
     "WebSocketError",
     "__version__",
@@ -91,6 +96,7 @@ _LAZY = {
     "play": "playing",
     "speak": "speaking",
     "SpeakPanel": "panel",
+    "VoiceChat": "voicechat",
     "VoiceLoop": "voiceloop",
 }
 

@@ -15,7 +15,9 @@ The tree follows what the caller can do about the error::
     ├── ProtocolError                  (also ValueError) a frame that breaks PROTOCOL.md
     ├── ValidationError                (also ValueError) a bad option: names field, value, range
     ├── SessionStateError              (also RuntimeError) misuse: reuse after close, and so on
-    └── MissingDependencyError         (also ImportError) an optional extra is not installed
+    ├── MissingDependencyError         (also ImportError) an optional extra is not installed
+    └── MicrophoneError                the page could not capture the microphone: refused,
+                                       none found, busy, or a page that may not ask
 
 Messages say what went wrong and what to do next. None of them ever contains the API key:
 the client only ever passes redacted URLs and server-supplied reasons into them.
@@ -31,6 +33,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "FishNotebookError",
+    "MicrophoneError",
     "MissingDependencyError",
     "ProtocolError",
     "ReceiveTimeout",
@@ -151,3 +154,19 @@ def require(module: str, package: str, extra: str, purpose: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(package, extra, purpose) from exc
+
+
+class MicrophoneError(FishNotebookError):
+    """The page could not capture the microphone (the voice chat widget).
+
+    ``reason`` says why, in a word the code can test: ``"denied"`` (the user or the browser
+    refused), ``"no-device"``, ``"busy"`` (in use, or it failed to start), ``"insecure"``
+    (the page is neither https nor localhost), ``"unsupported"`` (no Web Audio capture),
+    ``"ended"`` (the device went away) or ``"failed"``. ``name`` is the browser's own
+    error name (``NotAllowedError``, ``NotFoundError``, ...), when it gave one.
+    """
+
+    def __init__(self, message: str, *, reason: str = "failed", name: str = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.name = name

@@ -1,4 +1,5 @@
-"""``%load_ext fish_notebook``: the ``%%speak`` and ``%speak`` magics, and ``%speak_config``.
+"""``%load_ext fish_notebook``: the ``%%speak`` and ``%speak`` magics, and ``%speak_config``
+(and ``%%converse``, which lives with the voice chat: :mod:`fish_notebook.converse`).
 
 ``%%speak [options]`` speaks its cell body, which is one of:
 
@@ -42,7 +43,7 @@ from IPython.utils.text import FullEvalFormatter
 from traitlets import Float, TraitError, Unicode, observe, validate
 from traitlets.config import Configurable
 
-from . import hints, warmup
+from . import converse, hints, warmup
 from .chat import Conversation
 from .dialogue import parse_dialogue, parse_voice_map
 from .errors import ValidationError
@@ -749,6 +750,7 @@ def describe_defaults(
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics (``%load_ext fish_notebook``) and the ``asyncio.run`` hint."""
     ipython.register_magics(SpeakMagics)
+    converse.load_ipython_extension(ipython)  # %%converse, the voice chat's magic
     hints.install(ipython)
     warmup.start_warmup()
 
@@ -756,6 +758,7 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics again (``%unload_ext fish_notebook``)."""
     hints.uninstall(ipython)
+    converse.unload_ipython_extension(ipython)
     manager = ipython.magics_manager
     for kind, name in (("line", "speak"), ("cell", "speak"), ("line", "speak_config")):
         manager.magics[kind].pop(name, None)

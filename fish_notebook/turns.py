@@ -89,6 +89,18 @@ class TurnMetrics:
         out["barge_in_to_silence_s"] = since(self.barge_in_onset, self.silenced)
         return out
 
+    @property
+    def voice_to_voice_s(self) -> float | None:
+        """Seconds from the end of the user's speech to the answer's first sample scheduled
+        in the page (None until the page reported it)."""
+        return self.latencies()["first_sample_s"]
+
+    @property
+    def barge_in_s(self) -> float | None:
+        """Seconds from the onset of the user's speech over this answer to its silence
+        (None unless the answer was cut by a barge-in)."""
+        return self.latencies()["barge_in_to_silence_s"]
+
 
 @dataclass(frozen=True)
 class EndOfTurn:

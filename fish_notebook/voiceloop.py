@@ -211,6 +211,28 @@ class _Answerer:
         self.hooks = hooks  # on_answer and on_state are read at each use
         self.turns: list[VoiceTurn] = []
         self.asked: VoiceTurn | None = None  # the page was asked for this turn's playhead
+        self.replies: dict[int, Any] = {}  # id(metrics) -> the future of a reply in the works
+
+    def start_reply(self, metrics: TurnMetrics, wav: bytes) -> None:
+        """Answer the turn of ``metrics`` (its utterance: ``wav``) on the background loop."""
+        future = asyncio.run_coroutine_threadsafe(self.reply(metrics, wav), _loop.background_loop())
+        with self.changed:
+            self.replies[id(metrics)] = future
+        future.add_done_callback(functools.partial(self._reply_done, metrics))
+
+    def _reply_done(self, metrics: TurnMetrics, _future: Any) -> None:
+        with self.changed:
+            self.replies.pop(id(metrics), None)
+            self.changed.notify_all()
+        self.hooks._emit_state()
+
+    def cancel_replies(self, metrics: TurnMetrics | None = None) -> None:
+        """Drop the reply in the works for ``metrics``' turn (None: every one)."""
+        with self.changed:
+            keys = list(self.replies) if metrics is None else [id(metrics)]
+            futures = [self.replies[k] for k in keys if k in self.replies]
+        for future in futures:
+            future.cancel()
 
     def messages(self) -> Messages:
         with self.changed:
@@ -342,9 +364,10 @@ class _Answerer:
                 return self.asked
             return next((t for t in reversed(self.turns) if not t.done), None)
 
-    def first_sample(self, at: float | None) -> None:
+    def first_sample(self, at: float | None, turn: VoiceTurn | None = None) -> None:
         with self.changed:
-            turn = next((t for t in reversed(self.turns) if t.session is not None), None)
+            if turn is None:
+                turn = next((t for t in reversed(self.turns) if t.session is not None), None)
             if turn is not None:
                 self.machine.first_sample(turn.metrics, at)
 
@@ -425,7 +448,6 @@ class VoiceLoop:
         self._answerer = _Answerer(speech, self._machine, self._changed, clock, self)
         self._mic = _Microphone()
         self._base = 0  # absolute samples before the detector's offsets (it restarts at finish)
-        self._replies: dict[int, Any] = {}  # id(metrics) -> the future of a reply in the works
         self._last_state = "listening"
         self._closed = False
 
@@ -441,6 +463,15 @@ class VoiceLoop:
         """Every turn so far, oldest first (the last may still be answering)."""
         with self._changed:
             return list(self._answerer.turns)
+
+    @property
+    def wait_for_page(self) -> bool:
+        """An answer lasts until the page reports its end (:meth:`playback_ended`); settable."""
+        return self._answerer.speech.wait_for_page
+
+    @wait_for_page.setter
+    def wait_for_page(self, value: bool) -> None:
+        self._answerer.speech.wait_for_page = bool(value)
 
     @property
     def state(self) -> str:
@@ -500,44 +531,37 @@ class VoiceLoop:
     def _act(self, work: list[tuple[Any, bytes]]) -> None:
         for action, wav in work:
             if isinstance(action, EndOfTurn):
-                reply = self._answerer.reply(action.metrics, wav)
-                future = asyncio.run_coroutine_threadsafe(reply, _loop.background_loop())
-                with self._changed:
-                    self._replies[id(action.metrics)] = future
-                future.add_done_callback(functools.partial(self._reply_done, action.metrics))
+                self._answerer.start_reply(action.metrics, wav)
             elif isinstance(action, CancelReply):
-                with self._changed:
-                    cancelled = self._replies.get(id(action.cancelled))
-                if cancelled is not None:
-                    cancelled.cancel()
+                self._answerer.cancel_replies(action.cancelled)
             elif isinstance(action, BargeIn):
                 self._answerer.barge_in(action.interrupted)
         self._emit_state()
 
-    def _reply_done(self, metrics: TurnMetrics, future: Any) -> None:
-        with self._changed:
-            self._replies.pop(id(metrics), None)
-            self._changed.notify_all()
-        self._emit_state()
-
     # --- barge-in and the page's news ------------------------------------------------------
 
-    def interrupt(self, playhead_s: float | None = None) -> VoiceTurn | None:
+    def interrupt(
+        self, playhead_s: float | None = None, *, turn: VoiceTurn | None = None
+    ) -> VoiceTurn | None:
         """Cut the answer being spoken: stop its session and the agent's stream, and keep in
         its turn what was heard up to ``playhead_s`` (seconds of the answer's audio the page
         played; None: estimated as the time since its first audio reached the kernel).
-        Returns the interrupted turn, or None when no answer was being spoken."""
-        turn = self._answerer.speaking()
-        return None if turn is None else self._answerer.interrupt(turn, playhead_s)
+        ``turn``: the answer the page silenced (a page's late report then never cuts a newer
+        answer); default the one being spoken. Returns the interrupted turn, or None when no
+        answer was being spoken (or ``turn``'s was already over)."""
+        turn = turn or self._answerer.speaking()
+        return None if turn is None or turn.done else self._answerer.interrupt(turn, playhead_s)
 
-    def first_sample_scheduled(self, at: float | None = None) -> None:
-        """The page scheduled the first sample of the latest answer (``at``: a reading of the
-        loop's clock; default now)."""
-        self._answerer.first_sample(at)
+    def first_sample_scheduled(
+        self, at: float | None = None, *, turn: VoiceTurn | None = None
+    ) -> None:
+        """The page scheduled the first sample of the latest answer, or of ``turn``'s (``at``:
+        a reading of the loop's clock; default now)."""
+        self._answerer.first_sample(at, turn)
 
-    def playback_ended(self) -> None:
-        """The page played the latest answer to its end (with ``wait_for_page``)."""
-        turn = self._answerer.speaking()
+    def playback_ended(self, *, turn: VoiceTurn | None = None) -> None:
+        """The page played the latest answer (or ``turn``'s) to its end (``wait_for_page``)."""
+        turn = turn or self._answerer.speaking()
         if turn is not None and turn.session is not None and turn.session.done:
             self._answerer.settle(turn, None)
 
@@ -546,7 +570,7 @@ class VoiceLoop:
     def _idle(self) -> bool:
         return (
             self._machine.state == "listening"
-            and not self._replies
+            and not self._answerer.replies
             and all(turn.done for turn in self._answerer.turns)
         )
 
@@ -580,9 +604,7 @@ class VoiceLoop:
         """Stop listening: drop a reply in the works and cut an answer being spoken."""
         with self._changed:
             self._closed = True
-            replies = list(self._replies.values())
-        for future in replies:
-            future.cancel()
+        self._answerer.cancel_replies()
         self.interrupt()
 
     def _emit_state(self) -> None:

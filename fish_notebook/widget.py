@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol
 
 import anywidget
@@ -95,16 +95,23 @@ _PLAYER_JS = (
     "controls.js",
     "view.js",
     "player.js",
+    "voice.js",
     "main.js",
 )
 
 
+def joined_esm(folder: str, names: Sequence[str]) -> str:
+    """One ES module from the files ``names`` of static/``folder``/, joined in that order
+    (they share one scope; only the last one exports)."""
+    path = _STATIC / folder
+    return "\n".join(
+        f"// ---- {name}\n{(path / name).read_text(encoding='utf-8')}" for name in names
+    )
+
+
 def _player_esm() -> str:
     """The player's ES module: the files of static/player/ joined in ``_PLAYER_JS`` order."""
-    folder = _STATIC / "player"
-    return "\n".join(
-        f"// ---- {name}\n{(folder / name).read_text(encoding='utf-8')}" for name in _PLAYER_JS
-    )
+    return joined_esm("player", _PLAYER_JS)
 
 
 #: What :func:`display_player` can embed for widget-less viewers.

@@ -12,7 +12,9 @@ export default {
     if (old) old.dispose();
     const player = new Player(model);
     players.set(id, player);
+    const voice = new VoiceAnswer(player); // the voice chat's fade and reports (voice.js)
     return () => {
+      voice.dispose();
       player.dispose();
       if (players.get(id) === player) players.delete(id);
     };
