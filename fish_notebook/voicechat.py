@@ -398,7 +398,8 @@ class VoiceChat(ipywidgets.VBox):
 
     def _on_answer(self, session: Session) -> None:
         """An answer starts (on the IO thread): its player goes in the widget."""
-        player = Player(session)
+        # The user asked: the answer speaks now, over whatever else the page plays.
+        player = Player(session, playback={"policy": "interrupt"})
         player.on_msg(functools.partial(self._on_player_message, session))
         with self._lock:
             old = list(self._players.values())
