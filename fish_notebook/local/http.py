@@ -19,8 +19,10 @@ import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from tornado.web import RequestHandler, stream_request_body
 
 from .._net import RedactingLogger
@@ -31,12 +33,14 @@ if TYPE_CHECKING:
     from .server import LocalServer
 
 __all__ = [
+    "BadRequest",
     "BodyHandler",
     "Gate",
     "HealthHandler",
     "JsonHandler",
     "NotFoundHandler",
     "VoicesHandler",
+    "decode_body",
 ]
 
 logger = logging.getLogger("fish_notebook.local.http")
@@ -130,6 +134,52 @@ class JsonHandler(RequestHandler):
         if error is not None and getattr(error, "log_message", None):
             message = error.log_message % error.args if error.args else error.log_message
         self.send_json({"status": status_code, "message": message}, status_code)
+
+
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+JSON_TYPES = ("application/json", "text/json")
+
+
+class BadRequest(Exception):
+    """A request answered with ``status`` and ``message`` before any work on it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_body(
+    content_type: str,
+    body: bytes,
+    accepted: str,
+    *,
+    json_ok: bool = False,
+    multipart: Callable[[str, bytes], Any] | None = None,
+) -> dict[str, Any]:
+    """The map a request body holds, by its Content-Type: MessagePack always; JSON (also with
+    no Content-Type) when ``json_ok``; multipart/form-data through ``multipart``. Raises
+    BadRequest: 400 for a body that does not decode to a map, 415 for another type (the
+    message says ``accepted``)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    data: Any
+    if kind in MSGPACK_TYPES:
+        try:
+            data = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException, TypeError) as exc:
+            raise BadRequest(400, f"the body is not valid MessagePack: {exc}") from exc
+    elif json_ok and (kind in JSON_TYPES or not kind):
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(400, f"the body is not valid JSON: {exc}") from exc
+    elif multipart is not None and kind == "multipart/form-data":
+        data = multipart(content_type, body)
+    else:
+        raise BadRequest(415, f"Content-Type {kind or 'none'!r} is not supported: send {accepted}")
+    if not isinstance(data, dict):
+        raise BadRequest(400, f"the body must be a map of fields, not {type(data).__name__}")
+    return data
 
 
 @stream_request_body

@@ -23,10 +23,8 @@ whole file. Guarantees:
 
 from __future__ import annotations
 
-import json
 import logging
 
-import msgpack
 from tornado.iostream import StreamClosedError
 
 from .. import formats
@@ -35,7 +33,7 @@ from ..protocol import AudioEvent, FinishEvent, StartEvent, TTSRequest, resolve_
 from .cast import choose_cast
 from .chunker import TextChunker, voice_parts
 from .encoding import SUPPORTED_FORMATS, StreamEncoder
-from .http import BodyHandler
+from .http import BadRequest, BodyHandler, decode_body
 from .output import clipped
 from .recorder import SessionNotes
 from .synthesis import Synthesis
@@ -45,17 +43,6 @@ __all__ = ["TTS_PATH", "BadRequest", "TTSHandler", "parse_request"]
 logger = logging.getLogger("fish_notebook.local")
 
 TTS_PATH = "/v1/tts"
-_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
-_JSON_TYPES = ("application/json", "text/json")
-
-
-class BadRequest(Exception):
-    """A request answered with ``status`` and ``message`` before any synthesis."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def parse_request(
@@ -63,25 +50,7 @@ def parse_request(
 ) -> TTSRequest:
     """The request in ``body`` for the ``model`` header, checked. Raises BadRequest saying
     what is wrong."""
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind in _MSGPACK_TYPES:
-        try:
-            data = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException, TypeError) as exc:
-            raise BadRequest(400, f"the body is not valid MessagePack: {exc}") from exc
-    elif kind in _JSON_TYPES or not kind:
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise BadRequest(400, f"the body is not valid JSON: {exc}") from exc
-    else:
-        raise BadRequest(
-            415, f"Content-Type {kind!r} is not supported: send application/msgpack or JSON"
-        )
-    if not isinstance(data, dict):
-        raise BadRequest(
-            400, f"the body must be a map of request fields, not {type(data).__name__}"
-        )
+    data = decode_body(content_type, body, "application/msgpack or JSON", json_ok=True)
     if not isinstance(data.get("text"), str) or not data["text"].strip():
         raise BadRequest(400, "the request needs a non-empty string 'text' to speak")
     if len(data["text"]) > max_text:

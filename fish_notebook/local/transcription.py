@@ -35,13 +35,12 @@ import logging
 import time
 from typing import Any
 
-import msgpack
 from tornado import httputil
 
 from ..errors import MissingDependencyError, ValidationError
 from .asr import MAX_AUDIO_BYTES, ASRResponse, PreparedAudio, Transcriber, prepare_audio
 from .engine import SLOTS
-from .http import BodyHandler
+from .http import BadRequest, BodyHandler, decode_body
 from .slots import SynthesisCancelled
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "MAX_BODY",
     "ASRHandler",
     "AsrRequest",
-    "BadAsrRequest",
     "parse_asr_request",
 ]
 
@@ -61,7 +59,6 @@ ASR_PATH = "/v1/asr"
 MAX_BODY = MAX_AUDIO_BYTES + 64 * 1024
 #: Threads of one model run: one core, the share of one core slot.
 ASR_THREADS = 1
-_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
 class AsrRequest:
@@ -79,45 +76,26 @@ class AsrRequest:
         )
 
 
-class BadAsrRequest(Exception):
-    """A request answered with ``status`` and ``message`` before any model work."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def parse_asr_request(content_type: str, body: bytes) -> AsrRequest:
-    """The request in ``body``, its fields checked. Raises BadAsrRequest saying what is wrong."""
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind in _MSGPACK_TYPES:
-        try:
-            data = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException, TypeError) as exc:
-            raise BadAsrRequest(400, f"the body is not valid MessagePack: {exc}") from exc
-    elif kind == "multipart/form-data":
-        data = _multipart_fields(content_type, body)
-    else:
-        raise BadAsrRequest(
-            415,
-            f"Content-Type {kind or 'none'!r} is not supported: send application/msgpack "
-            "(as the Fish SDK does) or multipart/form-data",
-        )
-    if not isinstance(data, dict):
-        raise BadAsrRequest(400, f"the body must be a map of fields, not {type(data).__name__}")
+    """The request in ``body``, its fields checked. Raises BadRequest saying what is wrong."""
+    data = decode_body(
+        content_type,
+        body,
+        "application/msgpack (as the Fish SDK does) or multipart/form-data",
+        multipart=_multipart_fields,
+    )
     audio = data.get("audio")
     if not isinstance(audio, bytes | bytearray):
         got = "missing" if audio is None else f"a {type(audio).__name__}"
-        raise BadAsrRequest(400, f"'audio' must be the bytes of a WAV file, not {got}")
+        raise BadRequest(400, f"'audio' must be the bytes of a WAV file, not {got}")
     language = data.get("language")
     if language is not None and not isinstance(language, str):
         got = type(language).__name__
-        raise BadAsrRequest(400, f"'language' must be a language code or null, not a {got}")
+        raise BadRequest(400, f"'language' must be a language code or null, not a {got}")
     ignore = data.get("ignore_timestamps", True)
     if not isinstance(ignore, bool):
         got = type(ignore).__name__
-        raise BadAsrRequest(400, f"'ignore_timestamps' must be true or false, not a {got}")
+        raise BadRequest(400, f"'ignore_timestamps' must be true or false, not a {got}")
     return AsrRequest(bytes(audio), language or None, not ignore)
 
 
@@ -129,7 +107,7 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, Any]:
         httputil.parse_body_arguments(content_type, body, arguments, files)
     except httputil.HTTPInputError as exc:
         why = str(exc).rsplit(": ", 1)[-1]  # tornado repeats its prefix
-        raise BadAsrRequest(400, f"the body is not valid multipart/form-data: {why}") from exc
+        raise BadRequest(400, f"the body is not valid multipart/form-data: {why}") from exc
     fields: dict[str, Any] = {}
     for name, values in arguments.items():
         fields[name] = values[0].decode("utf-8", "replace")
@@ -155,7 +133,7 @@ class ASRHandler(BodyHandler):
             request = parse_asr_request(
                 self.request.headers.get("Content-Type", ""), bytes(self.body)
             )
-        except BadAsrRequest as bad:
+        except BadRequest as bad:
             self.fail(bad.status, bad.message)
             return
         self.body = bytearray()  # the request holds its own copy
