@@ -209,13 +209,12 @@ def test_a_slow_sender_gets_408(strict_server: ThreadedServer) -> None:
         "POST /v1/tts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
         'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"text": '
     )
-    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=15) as sock:
+    # The socket's own timeout bounds the wait: no answer within 10 s fails the test there.
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=10) as sock:
         sock.sendall(head.encode())
-        began = time.monotonic()
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
-    assert time.monotonic() - began < 10
     status, _, rest = received.partition(b"\r\n")
     assert status == b"HTTP/1.1 408 Request Timeout"
     assert "did not arrive within 1s" in json.loads(rest.partition(b"\r\n\r\n")[2])["message"]
