@@ -589,3 +589,20 @@ def test_stop_from_the_page_keeps_where_the_listener_was(local_server: ThreadedS
         assert session.heard.playhead <= 0.5
     finally:
         player.close()
+
+
+def test_each_joined_module_declares_each_top_level_name_once() -> None:
+    """The player's and the voice chat's JS files are joined into one module scope: a name
+    declared in two files is a SyntaxError that stops the whole widget in the page."""
+    import re
+    from collections import Counter
+
+    from fish_notebook.voicechat import MicrophonePanel
+    from fish_notebook.widget import Player
+
+    for widget in (Player, MicrophonePanel):
+        source = str(widget._esm)
+        declared = Counter(
+            re.findall(r"^(?:const|let|var|function|class)\s+([A-Za-z_$][\w$]*)", source, re.M)
+        )
+        assert [name for name, count in declared.items() if count > 1] == [], widget.__name__

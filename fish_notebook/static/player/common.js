@@ -15,7 +15,11 @@
 //   controls.js    the buttons, declared as one table
 //   view.js        one rendering of a player
 //   player.js      the per-model player that ties the jobs together
+//   voice.js       the voice chat's answer: barge-in fade, first sample, end of playback
 //   main.js        anywidget's entry points
+
+/** Seconds over which an interrupted answer fades out (the queue's interrupt, a barge-in). */
+const FADE_S = 0.015;
 
 /**
  * @typedef {{

@@ -44,7 +44,6 @@
 /** The policies a player can have (the Python trait's validator lists the same). */
 const POLICIES = ["queue", "interrupt", "overlap"];
 /** Seconds over which an interrupted player fades out: no click, and gone at once. */
-const FADE_S = 0.015;
 /** The holder with no view gives up its turn after this long (an undisplayed player). */
 const SKIP_MS = 5000;
 /** The holder with nothing to play gives up its turn after this long while others wait. */

@@ -10,7 +10,6 @@
 // Every player sends the last two once; the Python Player ignores kinds it does not use.
 
 /** Seconds over which a barged-in answer fades to silence: no click, and gone at once. */
-const FADE_S = 0.012;
 /** How often the first sample and the end are looked for (a queued run starts on a timer). */
 const VOICE_CHECK_MS = 50;
 
