@@ -16,6 +16,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from fish_notebook.agents import EchoAgent
+from fish_notebook.audio import wav_bytes
 from fish_notebook.converse import ConverseMagics, agent_from_code
 from fish_notebook.errors import AuthenticationError, MicrophoneError
 from fish_notebook.local.engine import VoiceLibrary
@@ -31,7 +32,7 @@ from fish_notebook.voiceloop import FRAME_BYTES, microphone_pcm
 from fish_notebook.widget import Player
 from tests.cloud_double import CloudDouble, Script
 from tests.helpers import wait_until
-from tests.test_voiceloop import LONG_ANSWER, QUESTION, slow_agent, wav_file, words
+from tests.test_voiceloop import LONG_ANSWER, QUESTION, slow_agent, words
 from tests.test_widget import RecordingComm
 
 SILENCE = bytes(FRAME_BYTES)
@@ -49,7 +50,7 @@ def question_pcm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     chunks = list(VoiceLibrary().default().synthesize(QUESTION))
     pcm = b"".join(chunk.pcm for chunk in chunks)
     path = tmp_path_factory.mktemp("chat") / "question.wav"
-    path.write_bytes(wav_file(pcm, chunks[0].sample_rate))
+    path.write_bytes(wav_bytes(pcm, chunks[0].sample_rate))
     return microphone_pcm(path)
 
 
@@ -244,7 +245,7 @@ def test_a_failed_turn_is_shown_and_given_to_on_error(
     seen: list[BaseException] = []
     chat = make_chat(on_error=seen.append, asr_api_key="wrong-key")
     path = tmp_path / "question.wav"
-    path.write_bytes(wav_file(question_pcm, 16_000))
+    path.write_bytes(wav_bytes(question_pcm, 16_000))
     turn = chat.hear(path)
     assert turn is not None and isinstance(turn.error, AuthenticationError)
     assert seen == [turn.error]

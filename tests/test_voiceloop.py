@@ -25,6 +25,7 @@ from fish_notebook.agents import (
     default_agent,
     llm_agent,
 )
+from fish_notebook.audio import wav_bytes
 from fish_notebook.errors import AuthenticationError
 from fish_notebook.local.engine import VoiceLibrary
 from fish_notebook.local.server import ThreadedServer
@@ -51,16 +52,6 @@ LONG_ANSWER = (
 AUDIBLE = 0.01 * 32768  # -40 dBFS: a sample above it is part of the speech
 
 
-def wav_file(pcm: bytes, rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def question_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The question spoken by Piper, then 1.5 s of silence, saved as a user would."""
@@ -68,7 +59,7 @@ def question_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rate = chunks[0].sample_rate
     pcm = b"".join(chunk.pcm for chunk in chunks) + bytes(2 * round(1.5 * rate))
     path = tmp_path_factory.mktemp("voice") / "question.wav"
-    path.write_bytes(wav_file(pcm, rate))
+    path.write_bytes(wav_bytes(pcm, rate))
     return path
 
 
@@ -315,7 +306,7 @@ def test_silence_and_noise_make_no_turn(
     rng = np.random.default_rng(3)
     samples = np.zeros(5 * 16_000) if kind == "silence" else rng.normal(0, 0.05, 5 * 16_000)
     path = tmp_path / f"{kind}.wav"
-    path.write_bytes(wav_file((samples.clip(-1, 1) * 32767).astype("<i2").tobytes(), 16_000))
+    path.write_bytes(wav_bytes((samples.clip(-1, 1) * 32767).astype("<i2").tobytes(), 16_000))
     loop = make_loop()
     assert loop.hear(path) is None
     assert loop.turns == [] and asr_requests(cloud) == [] and loop.state == "listening"

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from fish_notebook.audio import wav_bytes
+
 from ..cloud_double import CloudDouble, Script
 from .conftest import (
     ARTIFACTS,
@@ -56,16 +58,6 @@ BERLIN = "Berlin is the capital of Germany, and its largest city."
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
 
-def wav_file(pcm: bytes, rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return out.getvalue()
-
-
 def spoken(text: str) -> tuple[bytes, int]:
     """``text`` spoken by the embedded Piper voice: 16-bit mono PCM and its rate."""
     from fish_notebook.local.engine import VoiceLibrary
@@ -90,7 +82,7 @@ def capture_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for name, pcm in files.items():
         paths[name] = folder / f"{name}.wav"
-        paths[name].write_bytes(wav_file(pcm, rate))
+        paths[name].write_bytes(wav_bytes(pcm, rate))
     return paths
 
 
