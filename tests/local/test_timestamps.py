@@ -234,24 +234,27 @@ class RecordingVoice:
             yield chunk
 
 
-def heard_at(voice: RecordingVoice, piece: str) -> list[tuple[str, float, float]]:
-    """Each word of ``piece`` and when it is heard, from the voice's own phoneme alignment
-    of what it spoke (pauses as cues.py says), seconds from the piece's first sample."""
+def heard_at(voice: RecordingVoice, piece: str) -> list[tuple[str, float, float, int]]:
+    """Each word of ``piece``, when it is heard and how many chunks (sentences and pauses)
+    start before it: from the voice's own phoneme alignment of what it spoke (pauses as
+    cues.py says), seconds from the piece's first sample."""
     spoken = iter(voice.spoken)
-    words, at = [], 0.0
+    words, at, chunks = [], 0.0, 0
     for item in split_turns(piece).items:
+        chunks += 1
         if isinstance(item, Pause):
             at += round(item.seconds * voice.sample_rate) / voice.sample_rate
             continue
         plan = WordPlan(item.text, voice.phonemize(item.text), voice.phonemize_word)
-        for _ in plan.sentences:
+        for number, _ in enumerate(plan.sentences):
             text, index, chunk = next(spoken)
             assert text == item.text
             samples = len(chunk.pcm) // 2
             timed = plan.timed(index, chunk.phonemes, chunk.alignment, samples)
             assert timed is not None
             rate = chunk.sample_rate
-            words += [(w.word.text, at + w.start / rate, at + w.end / rate) for w in timed]
+            chunks += number > 0
+            words += [(w.word.text, at + w.start / rate, at + w.end / rate, chunks) for w in timed]
             at += samples / rate
     assert next(spoken, None) is None
     return words
@@ -260,8 +263,10 @@ def heard_at(voice: RecordingVoice, piece: str) -> list[tuple[str, float, float]
 @pytest.mark.parametrize("rate", [22050, 44100, 16000])
 async def test_each_word_is_where_the_voice_says_it(timed_voice: Any, rate: int) -> None:
     """The last snapshot of a chunk holds every word once, at the sample where the voice's
-    phoneme alignment puts it (a sample's rounding after resampling); snapshots only grow;
-    cues are no words and a long break is 0.8 s of the chunk's time."""
+    phoneme alignment puts it; snapshots only grow; cues are no words and a long break is
+    0.8 s of the chunk's time. Each sentence and pause is resampled on its own, so its
+    length may round by half a sample: a word may sit a sample off per chunk before it (Piper's
+    noise makes the lengths, and so the rounding, differ from run to run)."""
     voice = RecordingVoice(timed_voice)
     piece = "Hello, world! [happy] It was the best of times; [long-break] in 1999 about 12,500."
     request = TTSRequest(format="pcm", sample_rate=rate)
@@ -277,11 +282,12 @@ async def test_each_word_is_where_the_voice_says_it(timed_voice: Any, rate: int)
     final = snapshots[-1]
     assert final is not None
     expected = heard_at(voice, piece)
-    assert [s.text for s in final.segments] == [text for text, _, _ in expected]
+    assert [s.text for s in final.segments] == [text for text, _, _, _ in expected]
     assert "[happy]" not in " ".join(s.text for s in final.segments)
-    for segment, (_, begins, ends) in zip(final.segments, expected, strict=True):
-        assert segment.start == pytest.approx(begins, abs=1 / rate + 1e-6)
-        assert segment.end == pytest.approx(ends, abs=1 / rate + 1e-6)
+    for segment, (_, begins, ends, chunks) in zip(final.segments, expected, strict=True):
+        off = (chunks if rate != voice.sample_rate else 1) / rate + 1e-6
+        assert segment.start == pytest.approx(begins, abs=off)
+        assert segment.end == pytest.approx(ends, abs=off)
     pcm = sum(len(p.data) for p in parts if isinstance(p, TimedPart)) // 2
     assert final.audio_duration == pytest.approx(pcm / rate, abs=1e-6)
 
