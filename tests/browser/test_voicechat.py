@@ -5,9 +5,10 @@ loops it); the widget's AudioWorklet turns it into 16 kHz frames sent to the ker
 voice loop detects the turns, sends each utterance to ``POST /v1/asr`` and speaks the agent's
 answer with the suite's embedded TTS server; the answer plays in the widget's player.
 
-Speech recognition is the cloud double's ``POST /v1/asr`` (a canned transcript, in this test
-process): the embedded server's own endpoint is not on this branch yet. The double keeps the
-audio it was sent, so the test checks that each utterance reached it whole.
+Speech recognition is the same embedded server's ``POST /v1/asr`` (Whisper tiny.en), the
+kernel's default: every part of the loop is real. Each transcript is checked word for word
+against the text its utterance was spoken from (punctuation aside), and its duration shows
+the utterance reached recognition whole.
 
 Each capture file needs a browser of its own (the file is a launch flag): the fixtures below
 launch them, apart from the suite's shared browser. Figures (voice-to-voice, barge-in) are
@@ -17,12 +18,11 @@ printed and written to test-artifacts/browser_metrics.json, never asserted.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
+import re
 import shutil
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ import pytest
 
 from fish_notebook.audio import wav_bytes
 
-from ..cloud_double import CloudDouble, Script
 from .conftest import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
@@ -69,7 +68,7 @@ def spoken(text: str) -> tuple[bytes, int]:
 @pytest.fixture(scope="module")
 def capture_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fake microphone's files: ``question`` (the question, then 10 s of silence: the
-    answer plays out before the file loops) and ``barge_in`` (the question, a 6 s pause in
+    answer plays out before the file loops) and ``barge_in`` (the question, a 10 s pause in
     which the answer starts, a second utterance over it, then 8 s of silence)."""
     folder = tmp_path_factory.mktemp("mic")
     question, rate = spoken(QUESTION)
@@ -77,7 +76,7 @@ def capture_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     silence = bytes(2 * rate)  # one second
     files = {
         "question": question + 10 * silence,
-        "barge_in": question + 6 * silence + interruption + 8 * silence,
+        "barge_in": question + 10 * silence + interruption + 8 * silence,
     }
     paths = {}
     for name, pcm in files.items():
@@ -87,37 +86,45 @@ def capture_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _timestamp_voice(tts_server: Any) -> None:
-    """The voice loop asks for word timings: the server's voice with per-phoneme timing
-    loads on first use (seconds on a loaded machine), here rather than in the first turn."""
+def _warm_server(tts_server: Any) -> None:
+    """The voice loop asks for word timings and speech recognition: the server's voice with
+    per-phoneme timing and its Whisper model load on first use (seconds on a loaded
+    machine), here rather than in the first turn."""
     started = time.monotonic()
     tts_server.voices.default(alignment=True)
-    print(f"timestamp voice loaded in {time.monotonic() - started:.1f} s")
-
-
-@pytest.fixture
-def cloud() -> Iterator[CloudDouble]:
-    """Speech recognition for the kernel: the double's POST /v1/asr, a canned transcript."""
-    transcript = {"text": QUESTION, "duration": 4.0, "segments": []}
-    with CloudDouble(Script(transcript=transcript)) as double:
-        yield double
+    tts_server.transcriber().load()
+    print(f"timestamp voice and Whisper loaded in {time.monotonic() - started:.1f} s")
 
 
 def chat_cell(
-    cloud: CloudDouble, answer: str, *, listen: bool = True, mode: str = "hands-free"
+    answer: str, *, listen: bool = True, mode: str = "hands-free", pace: float | None = None
 ) -> str:
-    """The cell showing the chat: its agent answers ``answer``, or about Berlin when asked."""
+    """The cell showing the chat: its agent answers ``answer``, or about Berlin when asked;
+    with ``pace``, it writes ``answer`` a word every ``pace`` seconds, as a slow LLM streams
+    (``closed`` notes when its stream is closed). Speech and speech recognition go where the
+    kernel's defaults say: the suite's server."""
+    written = f"written({answer!r}, {pace!r})" if pace is not None else repr(answer)
     return (
+        "import time\n"
         "from fish_notebook.voicechat import VoiceChat\n"
-        "errors = []\n"
+        "errors, closed = [], []\n"
+        "def written(text, pace):\n"
+        "    try:\n"
+        "        for word in text.split(' '):\n"
+        "            yield word + ' '\n"
+        "            time.sleep(pace)\n"
+        "    finally:\n"
+        "        closed.append(True)\n"
         "def agent(messages):\n"
-        f"    return {BERLIN!r} if 'Berlin' in messages[-1]['content'] else {answer!r}\n"
-        f"chat = VoiceChat(agent, asr_base_url={cloud.base_url!r},\n"
-        f"                 asr_api_key={cloud.script.api_key!r}, listen={listen},\n"
-        f"                 mode={mode!r},\n"
-        "                 on_error=errors.append)\n"
+        f"    return {BERLIN!r} if 'Berlin' in messages[-1]['content'] else {written}\n"
+        f"chat = VoiceChat(agent, listen={listen}, mode={mode!r}, on_error=errors.append)\n"
         "chat"
     )
+
+
+def words(text: str) -> list[str]:
+    """``text``'s words, lower case, without punctuation: what recognition is held to."""
+    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def panel_stats(notebook: NotebookPage) -> dict[str, Any]:
@@ -143,14 +150,40 @@ def wait_panel(notebook: NotebookPage, predicate: str, timeout_ms: int = 60_000)
         ) from exc
 
 
-def asr_audio_seconds(cloud: CloudDouble) -> list[float]:
-    """How long each utterance sent to speech recognition was."""
-    out = []
-    for record in cloud.requests:
-        if record.path == "/v1/asr":
-            with wave.open(io.BytesIO(record.body["audio"])) as w:
-                out.append(w.getnframes() / w.getframerate())
-    return out
+def catch_stats(notebook: NotebookPage, predicate: str, timeout_ms: int = 60_000) -> Any:
+    """The stats of the first player (of any in the page) for which ``predicate`` (a JS
+    function of the stats) holds, caught as they change: a player replaced a moment later
+    still counts, where :meth:`NotebookPage.wait_stats` looks only at the players there are."""
+    page = notebook.page
+    page.evaluate(
+        """(source) => {
+            const holds = (0, eval)(source);
+            window.__fishnbCaught = null;
+            const look = (el) => {
+                const stats = el.dataset.stats && JSON.parse(el.dataset.stats);
+                if (stats && window.__fishnbCaught === null && holds(stats)) {
+                    window.__fishnbCaught = stats;
+                }
+            };
+            document.querySelectorAll(".fishnb-player").forEach(look);
+            new MutationObserver((changes) => changes.forEach((c) => look(c.target))).observe(
+                document.body, { subtree: true, attributeFilter: ["data-stats"] });
+        }""",
+        predicate,
+    )
+    try:
+        page.wait_for_function("() => window.__fishnbCaught !== null", timeout=timeout_ms)
+    except Exception as exc:
+        raise AssertionError(
+            f"no player had {predicate} within {timeout_ms} ms: {exc}\n"
+            f"stats: {json.dumps(notebook.stats())[:2000]}\ncell errors: {notebook.cell_errors()}"
+        ) from exc
+    return page.evaluate("() => window.__fishnbCaught")
+
+
+def utterance_seconds(notebook: NotebookPage) -> list[float]:
+    """How long each utterance sent to speech recognition was (the server's ``duration``)."""
+    return notebook.kernel_json("[t.transcript.duration for t in chat.turns if t.transcript]")
 
 
 @contextlib.contextmanager
@@ -172,11 +205,11 @@ def chat_page(
 
 
 def test_a_spoken_question_goes_round_the_whole_loop(
-    lab: Lab, playwright: Any, capture_files: dict[str, Path], cloud: CloudDouble
+    lab: Lab, playwright: Any, capture_files: dict[str, Path]
 ) -> None:
     """Fake microphone -> page -> kernel -> detector -> /v1/asr -> agent -> TTS -> page."""
     flags = [*FAKE_MIC, f"--use-file-for-fake-audio-capture={capture_files['question']}"]
-    cell = chat_cell(cloud, SHORT_ANSWER)
+    cell = chat_cell(SHORT_ANSWER)
     with chat_page(lab, playwright, flags, "voice_loop.ipynb", cell) as notebook:
         wait_panel(notebook, "el => el.dataset.mic === 'on'")
         mic = notebook.kernel_json("chat.microphone")
@@ -199,13 +232,13 @@ def test_a_spoken_question_goes_round_the_whole_loop(
             " session=chat.turns[0].session.state)"
         )
 
-        assert turn["user"] == QUESTION and turn["errors"] == []
+        assert words(turn["user"]) == words(QUESTION) and turn["errors"] == []
         assert turn["answer"] == SHORT_ANSWER and turn["heard"] == SHORT_ANSWER
         assert not turn["interrupted"] and turn["session"] == "finished"
         assert stats["scheduled_seqs"] == list(range(stats["chunk_count"]))
         assert stats["position_s"] == pytest.approx(stats["audio_s"], abs=0.05)
         # The utterance reached speech recognition whole (Piper's question is 3-4 s).
-        seconds = asr_audio_seconds(cloud)
+        seconds = utterance_seconds(notebook)
         assert seconds and 2.5 < seconds[0] < 6.0, seconds
         # Every frame the page sent reached the kernel, in order (20 ms each).
         assert turn["lost"] == 0 and turn["frames"] == panel["frames_sent"] > 200
@@ -227,25 +260,18 @@ def test_a_spoken_question_goes_round_the_whole_loop(
         print("voice chat figures:", json.dumps(figures))
 
 
-@pytest.mark.xfail(
-    reason="open (issue 13): since the page-wide queue, socket reuse and the new server landed "
-    "beside the voice chat, the answer in this test ends after its first sentences (3 s) "
-    "instead of playing on until the interruption; not yet explained",
-    strict=False,
-)
 def test_talking_over_the_answer_silences_it_in_the_page(
-    lab: Lab, playwright: Any, capture_files: dict[str, Path], cloud: CloudDouble
+    lab: Lab, playwright: Any, capture_files: dict[str, Path]
 ) -> None:
-    """A second utterance over the answer: the page fades it out, the kernel stops it and
-    keeps what was heard."""
+    """A second utterance over the answer, which the agent is still writing: the page fades
+    it out, the kernel stops the session and the agent's stream and keeps what was heard."""
     flags = [*FAKE_MIC, f"--use-file-for-fake-audio-capture={capture_files['barge_in']}"]
-    cell = chat_cell(cloud, ANSWER)
+    cell = chat_cell(ANSWER, pace=0.3)  # 15 s of writing: still going at the interruption
     with chat_page(lab, playwright, flags, "voice_barge_in.ipynb", cell) as notebook:
         notebook.wait_stats("s => s.scheduled > 0", timeout_ms=120_000)
-        # The question was transcribed: what comes next is the interruption.
-        cloud.script.transcript = {"text": INTERRUPTION, "duration": 3.0, "segments": []}
-        # Silenced in the page: nothing plays, well before the answer's end.
-        stats = notebook.wait_stats("s => s.status === 'stopped' && !s.playing", timeout_ms=60_000)
+        # Silenced in the page: nothing plays, well before the answer's end. The answer to
+        # the interruption replaces its player soon after: the page keeps the stats it had.
+        stats = catch_stats(notebook, "s => s.status === 'stopped' && !s.playing")
         notebook.wait_kernel("len(chat.turns) >= 1 and chat.turns[0].done", True, 30)
         first = notebook.kernel_json(
             "dict(interrupted=chat.turns[0].interrupted, heard=chat.turns[0].heard,"
@@ -253,13 +279,15 @@ def test_talking_over_the_answer_silences_it_in_the_page(
             " and chat.turns[0].session.state, fade=chat.fades.get(id(chat.turns[0])),"
             " playhead=chat.turns[0].heard_detail.playhead,"
             " method=chat.turns[0].heard_detail.method,"
-            " latencies=chat.turns[0].metrics.latencies(), messages=chat.messages())"
+            " latencies=chat.turns[0].metrics.latencies(), messages=chat.messages(),"
+            " closed=closed)"
         )
         assert first["interrupted"] and first["session"] == "stopped"
+        assert first["closed"] == [True], "the agent's stream was closed"
         assert first["fade"], "the page reported its fade"
-        heard, answer = first["heard"].split(), first["answer"].split()
-        assert answer == ANSWER.split()
-        assert 0 < len(heard) < len(answer) and answer[: len(heard)] == heard
+        heard, answer, whole = first["heard"].split(), first["answer"].split(), ANSWER.split()
+        assert 0 < len(answer) < len(whole) and whole[: len(answer)] == answer
+        assert 0 < len(heard) <= len(answer) and answer[: len(heard)] == heard
         assert first["method"] == "words" and 0 < first["playhead"] <= stats["audio_s"]
         assert stats["position_s"] == pytest.approx(first["playhead"], abs=0.05)
         assert first["messages"][1] == {"role": "assistant", "content": first["heard"]}
@@ -269,9 +297,12 @@ def test_talking_over_the_answer_silences_it_in_the_page(
         # The interruption is the user's next turn, answered in a new player.
         wait_panel(notebook, "el => el.querySelector('.fishnb-chat-cut')")
         notebook.wait_kernel("len(chat.turns) >= 2 and chat.turns[1].session is not None", True)
-        assert notebook.kernel_json("chat.turns[1].user") == INTERRUPTION
+        # Chromium's echo canceller may damp the first word said over the answer (double
+        # talk): the words heard are the interruption's, from its first or a later word.
+        heard_next = words(notebook.kernel_json("chat.turns[1].user"))
+        assert "berlin" in heard_next and words(INTERRUPTION)[-len(heard_next) :] == heard_next
         # Each utterance reached speech recognition whole, the interruption from its onset.
-        seconds = asr_audio_seconds(cloud)
+        seconds = utterance_seconds(notebook)
         assert len(seconds) == 2 and 2.5 < seconds[0] < 6.0 and 1.5 < seconds[1] < 5.0, seconds
         notebook.wait_stats("s => s.scheduled > 0 && s.position_s > 1", timeout_ms=60_000)
         ARTIFACTS.mkdir(exist_ok=True)
@@ -292,12 +323,12 @@ def test_talking_over_the_answer_silences_it_in_the_page(
 
 
 def test_push_to_talk_sends_frames_only_while_the_button_is_held(
-    lab: Lab, playwright: Any, capture_files: dict[str, Path], cloud: CloudDouble
+    lab: Lab, playwright: Any, capture_files: dict[str, Path]
 ) -> None:
     """Push-to-talk: the microphone runs (the meter moves) but nothing reaches the kernel
     until the button is held; the release ends the turn after the last frames."""
     flags = [*FAKE_MIC, f"--use-file-for-fake-audio-capture={capture_files['question']}"]
-    cell = chat_cell(cloud, SHORT_ANSWER, mode="push-to-talk")
+    cell = chat_cell(SHORT_ANSWER, mode="push-to-talk")
     with chat_page(lab, playwright, flags, "voice_push.ipynb", cell) as notebook:
         wait_panel(notebook, "el => JSON.parse(el.dataset.stats || '{}').loudest_db > -40")
         assert panel_stats(notebook)["frames_sent"] == 0
@@ -320,12 +351,10 @@ def test_push_to_talk_sends_frames_only_while_the_button_is_held(
         notebook.kernel("chat.stop()")
 
 
-def test_a_refused_microphone_shows_in_the_widget_and_in_python(
-    lab: Lab, playwright: Any, cloud: CloudDouble
-) -> None:
+def test_a_refused_microphone_shows_in_the_widget_and_in_python(lab: Lab, playwright: Any) -> None:
     """No permission (a fake device, but no fake consent): the widget says what to do,
     and the kernel has the MicrophoneError."""
-    cell = chat_cell(cloud, SHORT_ANSWER)
+    cell = chat_cell(SHORT_ANSWER)
     with chat_page(
         lab, playwright, ["--use-fake-device-for-media-stream"], "voice_refused.ipynb", cell
     ) as notebook:
