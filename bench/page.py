@@ -20,28 +20,23 @@ connections are not counted). Between runs the kernel stops our session and clos
 player (it leaves the page's queue), the page pauses every ``<audio>``, and the outputs are
 cleared, so nothing plays when the next run starts. Goal <= 0.15x.
 
-The browser harness is the browser suite's (``tests/browser/conftest.py``: ``Lab``,
-``NotebookPage``, the Chromium flags with autoplay allowed, Lab's user settings); the Lab
-server is started here as that suite's ``lab`` fixture starts it.
+The browser harness is the browser suite's (``tests/browser/conftest.py``: ``NotebookPage``,
+the Chromium flags with autoplay allowed); the Lab server is started by
+``tests/browser/lab.py``, as that suite's ``lab`` fixture starts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import secrets
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .common import Row, interleave, stop_child
+from .common import Row, interleave
 from .latency import SDK_KEY, TEN_SENTENCES
 
 GOAL = 0.15
@@ -101,68 +96,15 @@ CELLS = {"ours": 1, "sdk": 2}  # cell indices in the notebook (0 is the setup)
 @contextlib.contextmanager
 def lab_server(fish_url: str) -> Iterator[Any]:
     """JupyterLab on a free loopback port, isolated in a temporary folder, its kernels
-    speaking through ``fish_url`` (the browser suite's ``lab`` fixture, outside pytest)."""
-    from tests.browser.conftest import LAB_START_TIMEOUT, USER_SETTINGS, Lab, free_port
+    speaking through ``fish_url`` (started as the browser suite's ``lab`` fixture starts it)."""
+    from tests.browser.lab import running_lab
 
-    with tempfile.TemporaryDirectory(prefix="bench-lab-") as folder:
-        base = Path(folder)
-        root = base / "notebooks"
-        root.mkdir()
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("JUPYTER", "IPYTHON", "FISH_"))
-            or key.startswith("FISH_NOTEBOOK_")
-        }
-        for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
-            env[name] = str(base / name.lower())
-        env["FISH_BASE_URL"] = fish_url
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        settings = base / "jupyter_config_dir" / "lab" / "user-settings"
-        for relative, values in USER_SETTINGS.items():
-            path = settings / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(values))
-        port, token = free_port(), secrets.token_hex(16)
-        command = [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}",
-            "--ServerApp.password=",
-            "--ServerApp.allow_root=True",
-            "--LabApp.expose_app_in_browser=True",
-            f"--ServerApp.root_dir={root}",
-        ]
-        log = base / "lab.log"
-        with log.open("wb") as log_file:
-            process = subprocess.Popen(
-                command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT
-            )
-        lab = Lab(f"http://127.0.0.1:{port}", token, root, log, process)
-        try:
-            _wait_for_lab(lab, LAB_START_TIMEOUT)
-            yield lab
-        finally:
-            lab.shutdown_kernels()
-            stop_child(process)
-
-
-def _wait_for_lab(lab: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if lab.process.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited:\n{lab.log_tail()}")
-        with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-            lab.api("GET", "/api/status", timeout=2.0)
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"JupyterLab did not answer in {timeout:g} s:\n{lab.log_tail()}")
-        time.sleep(0.25)
+    env = {"FISH_BASE_URL": fish_url, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-lab-") as folder,
+        running_lab(Path(folder), env) as lab,
+    ):
+        yield lab
 
 
 def run_cell(notebook: Any, variant: str) -> float:

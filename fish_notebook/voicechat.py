@@ -60,7 +60,7 @@ from .errors import MicrophoneError, SessionStateError, ValidationError
 from .session import Session
 from .turns import TURN_STATES, TurnState
 from .voiceloop import SAMPLE_RATE, VoiceLoop, VoiceTurn
-from .widget import _STATIC, Player, joined_esm
+from .widget import Player, joined_css, joined_esm
 
 __all__ = [
     "FADE_MS",
@@ -79,6 +79,7 @@ _VOICECHAT_JS = (
     "common.js",
     "worklet.js",
     "capture.js",
+    "sending.js",
     "mic.js",
     "turns.js",
     "view.js",
@@ -188,7 +189,7 @@ class MicrophonePanel(anywidget.AnyWidget):
     docstring). Made by :class:`VoiceChat`; its traits are what the page draws."""
 
     _esm = joined_esm("voicechat", _VOICECHAT_JS)
-    _css = _STATIC / "voicechat.css"
+    _css = joined_css("voicechat.css")
 
     #: Identifies the panel's microphone in the page (one per model).
     panel_id = traitlets.Unicode("").tag(sync=True)

@@ -81,6 +81,11 @@ logger = logging.getLogger("fish_notebook.widget")
 
 _STATIC = pathlib.Path(__file__).parent / "static"
 
+#: What every widget's page code shares, in static/shared/: joined first into each module.
+_SHARED_JS = ("views.js", "figures.js")
+#: ...and the style rules every widget shares, joined first into each style sheet.
+_SHARED_CSS = "shared/widget.css"
+
 #: The page's code, one file per job in static/player/, joined in this order into the one ES
 #: module anywidget loads: the files share one scope, and only the last one exports.
 _PLAYER_JS = (
@@ -101,11 +106,21 @@ _PLAYER_JS = (
 
 
 def joined_esm(folder: str, names: Sequence[str]) -> str:
-    """One ES module from the files ``names`` of static/``folder``/, joined in that order
-    (they share one scope; only the last one exports)."""
-    path = _STATIC / folder
+    """One ES module from the files of static/shared/ (``_SHARED_JS``), then the files
+    ``names`` of static/``folder``/, joined in that order (they share one scope; only the last
+    one exports)."""
+    paths = [f"shared/{name}" for name in _SHARED_JS] + [f"{folder}/{name}" for name in names]
     return "\n".join(
-        f"// ---- {name}\n{(path / name).read_text(encoding='utf-8')}" for name in names
+        f"// ---- {path}\n{(_STATIC / path).read_text(encoding='utf-8')}" for path in paths
+    )
+
+
+def joined_css(name: str) -> str:
+    """A widget's style sheet: the rules every widget shares (``_SHARED_CSS``), then its own
+    static/``name``."""
+    return "\n".join(
+        f"/* ---- {path} */\n{(_STATIC / path).read_text(encoding='utf-8')}"
+        for path in (_SHARED_CSS, name)
     )
 
 
@@ -168,7 +183,7 @@ class Player(anywidget.AnyWidget):
     """
 
     _esm = _player_esm()
-    _css = _STATIC / "player.css"
+    _css = joined_css("player.css")
 
     #: idle, connecting, streaming, finished, failed or stopped.
     status = traitlets.Unicode("idle").tag(sync=True)

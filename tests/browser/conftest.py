@@ -10,7 +10,8 @@ its kernels down afterwards.
 - ``FISH_API_KEY`` is set to a dummy value so a test can check that it never reaches the page
   or the saved notebook.
 - Lab runs with isolated config/data/runtime/IPython folders in a temporary directory and
-  user settings that avoid the two pop-ups that block a fresh Lab (kernel choice, news).
+  user settings that avoid the two pop-ups that block a fresh Lab (kernel choice, news); it is
+  started as lab.py says, which the bench's page row uses too.
 - Chromium is Debian's (``shutil.which("chromium")``), driven by Playwright's Python package;
   Playwright's own browser download cannot work offline.
 
@@ -22,27 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
+
+from .lab import Lab, LabStartError, running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 DUMMY_KEY = "fishnb-dummy-key-" + secrets.token_hex(8)
-LAB_START_TIMEOUT = 90.0
 DEFAULT_WAIT_MS = 30_000
 
 # Chromium flags measured to work here (BROWSER.md). --autoplay-policy=no-user-gesture-required
@@ -66,67 +61,6 @@ CHROMIUM_FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
-# User settings (in the isolated JUPYTER_CONFIG_DIR): start the kernel without asking, and
-# never fetch news or check for updates (no network here, and the pop-up blocks clicks).
-USER_SETTINGS = {
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
-        "fetchNews": "false",
-        "checkForUpdates": False,
-    },
-}
-
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Lab:
-    """A running JupyterLab server: where it is and how to talk to its REST API."""
-
-    url: str
-    token: str
-    root: Path
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def api(self, method: str, path: str, timeout: float = 10.0) -> Any:
-        """Call the REST API; returns the decoded JSON body (None when empty)."""
-        request = urllib.request.Request(
-            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-        return json.loads(body) if body else None
-
-    def write_notebook(self, name: str, cells: list[str]) -> Path:
-        """Write ``name`` (an .ipynb in the server's root) with one code cell per string."""
-        nb = nbformat.v4.new_notebook(
-            cells=[nbformat.v4.new_code_cell(source) for source in cells],
-            metadata={"kernelspec": KERNELSPEC},
-        )
-        path = self.root / name
-        nbformat.write(nb, path)
-        return path
-
-    def shutdown_kernels(self) -> None:
-        """Shut down every kernel (each test's notebook started one)."""
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            for session in self.api("GET", "/api/sessions") or []:
-                self.api("DELETE", f"/api/sessions/{session['id']}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the server's log, for failure messages."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
 
 @pytest.fixture(scope="session")
 def tts_server() -> Iterator[Any]:
@@ -138,72 +72,14 @@ def tts_server() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory, tts_server: Any) -> Iterator[Lab]:
-    """A JupyterLab on a free loopback port, isolated in a temporary directory."""
-    base = tmp_path_factory.mktemp("lab")
-    root = base / "notebooks"
-    root.mkdir()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        # The run's FISH_NOTEBOOK_* plumbing stays (its leftover-process mark, its state folder).
-        if not key.startswith(("JUPYTER", "IPYTHON", "FISH_")) or key.startswith("FISH_NOTEBOOK_")
-    }
-    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
-        env[name] = str(base / name.lower())
-    env["FISH_BASE_URL"] = tts_server.url
-    env["FISH_API_KEY"] = DUMMY_KEY
-    env["PYTHONUNBUFFERED"] = "1"
-    settings = base / "jupyter_config_dir" / "lab" / "user-settings"
-    for relative, values in USER_SETTINGS.items():
-        path = settings / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-
-    port = free_port()
-    token = secrets.token_hex(16)
-    log = base / "lab.log"
-    command = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        "--ServerApp.password=",
-        "--ServerApp.allow_root=True",  # Jupyter refuses to run as root without it
-        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to drive the page
-        "--JupyterNotebookApp.expose_app_in_browser=True",  # the same in Notebook 7
-        f"--ServerApp.root_dir={root}",
-    ]
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    server = Lab(f"http://127.0.0.1:{port}", token, root, log, process)
-    try:
-        deadline = time.monotonic() + LAB_START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {process.returncode}:\n{server.log_tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-                server.api("GET", "/api/status", timeout=2.0)
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"JupyterLab did not answer in {LAB_START_TIMEOUT} s:\n{server.log_tail()}"
-                )
-            time.sleep(0.25)
-        yield server
-    finally:
-        server.shutdown_kernels()
-        process.terminate()
+    """A JupyterLab on a free loopback port, isolated in a temporary directory (lab.py)."""
+    env = {"FISH_BASE_URL": tts_server.url, "FISH_API_KEY": DUMMY_KEY, "PYTHONUNBUFFERED": "1"}
+    with contextlib.ExitStack() as stack:
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+            server = stack.enter_context(running_lab(tmp_path_factory.mktemp("lab"), env))
+        except LabStartError as exc:
+            pytest.fail(str(exc))
+        yield server
 
 
 @pytest.fixture(scope="session")

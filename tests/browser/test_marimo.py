@@ -37,7 +37,8 @@ from typing import Any
 import pytest
 
 from ..helpers import wait_until
-from .conftest import ARTIFACTS, DUMMY_KEY, free_port
+from .conftest import ARTIFACTS, DUMMY_KEY
+from .lab import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

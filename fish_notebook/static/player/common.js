@@ -1,8 +1,10 @@
 // fish-notebook live player: the browser half of fish_notebook.widget.Player.
 //
 // Plain JavaScript for anywidget, with no build step. widget.py joins the files of this folder,
-// in the order it lists them, into the one ES module that anywidget loads. They share one
-// scope, so there are no imports, and only the last file (main.js) has `export default`.
+// in the order it lists them, into the one ES module that anywidget loads, after those of
+// ../shared/ (what the voice chat's module shares: a model's views, its published figures).
+// They share one scope, so there are no imports, and only the last file (main.js) has
+// `export default`.
 // Each file does one job:
 //   common.js      what every job shares: the model's type, rounding, the vocabularies
 //   page.js        what every player of the page shares: one AudioContext per rate, the queue

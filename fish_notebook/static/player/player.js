@@ -3,9 +3,6 @@
 // starts when the first chunk arrives (once a view was rendered and its turn in the page's
 // queue came), survives a view being re-rendered, and serves every view of the same model.
 
-/** A model with no view left stops its audio after this long (a re-render takes less). */
-const ORPHAN_MS = 400;
-
 /** Per-model state: the recording, the playback and the stats. */
 class Player {
   /** @param {Model} model */
@@ -26,10 +23,8 @@ class Player {
       isFinal: () => this.final,
     });
     this.member = new QueueMember(this);
-    /** @type {Set<View>} */
-    this.views = new Set();
-    /** @type {ReturnType<typeof setTimeout> | null} */
-    this.orphanTimer = null;
+    /** @type {Views<View>} with none left for ORPHAN_MS, it goes quiet */
+    this.views = new Views(() => this.closeAudio());
     /** whether the pill showed "queued" at the last tick */
     this.wasQueued = false;
     this.timer = setInterval(() => this.tick(), STATS_MS);
@@ -158,8 +153,6 @@ class Player {
   /** @param {View} view */
   addView(view) {
     this.views.add(view);
-    if (this.orphanTimer) clearTimeout(this.orphanTimer);
-    this.orphanTimer = null;
     if (!this.scheduler.audible) {
       // A model whose widget was never displayed stays silent; its first view lets it play.
       this.scheduler.audible = true;
@@ -173,15 +166,7 @@ class Player {
 
   /** @param {View} view */
   removeView(view) {
-    this.views.delete(view);
-    if (this.views.size === 0 && !this.orphanTimer) {
-      // No view left (output cleared, cell deleted): go quiet, unless a view comes back soon
-      // (an output that is re-rendered removes its view and adds a new one).
-      this.orphanTimer = setTimeout(() => {
-        this.orphanTimer = null;
-        if (this.views.size === 0) this.closeAudio();
-      }, ORPHAN_MS);
-    }
+    this.views.delete(view); // the last one gone: quiet after ORPHAN_MS, unless one comes back
   }
 
   closeAudio() {
@@ -219,7 +204,7 @@ class Player {
 
   dispose() {
     clearInterval(this.timer);
-    if (this.orphanTimer) clearTimeout(this.orphanTimer);
+    this.views.cancel();
     this.receiver.dispose();
     this.model.off("change:status", this.onStatus);
     this.model.off("change:playback", this.onPlayback);

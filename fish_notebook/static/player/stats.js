@@ -5,10 +5,6 @@
 // in seconds on its clock (`clock`: one id per AudioContext of the page) and in wall ms
 // (performance.timeOrigin + performance.now(), comparable across clocks).
 
-/** How often the stats are published to the DOM while something changes... */
-const STATS_MS = 250;
-/** ...and to Python (a trait update goes through the kernel). */
-const SYNC_MS = 1000;
 /** Per-chunk detail (seqs, starts, gaps, latencies) is kept for this many chunks. */
 const MAX_DETAIL = 1000;
 
@@ -16,11 +12,11 @@ const MAX_DETAIL = 1000;
  * @typedef {"seqs_received" | "arrivals_ms" | "gaps" | "scheduled_seqs" | "starts" | "latencies_ms" | "underrun_late_ms"} DetailName
  */
 
-/** One player's figures, and when they were last published and synced. */
-class Stats {
+/** One player's figures (published as StatsOut says: STATS_MS, SYNC_MS). */
+class Stats extends StatsOut {
   /** @param {Model} model */
   constructor(model) {
-    this.model = model;
+    super(model);
     this.data = {
       chunks_received: 0,
       seqs_received: /** @type {number[]} */ ([]),
@@ -50,10 +46,6 @@ class Stats {
       chunk_count: 0,
       queue: /** @type {object} */ ({}),
     };
-    /** the JSON last published to the DOM ("" before the first time) */
-    this.published = "";
-    this.synced = "";
-    this.syncedAt = 0;
   }
 
   /**
@@ -66,26 +58,8 @@ class Stats {
     if (list.length < MAX_DETAIL) list.push(value);
   }
 
-  /**
-   * Serialize the figures, and copy them to Python when due.
-   * @returns {string | null} the JSON for the DOM when it changed since the last call
-   */
+  /** @returns {string | null} the figures' JSON for the DOM when it changed since the last call */
   publish() {
-    const text = JSON.stringify(this.data);
-    const changed = text !== this.published;
-    this.published = text;
-    this.sync(); // a change published to the DOM may still be due for Python
-    return changed ? text : null;
-  }
-
-  /** Copy the published figures to the Python trait, at most once per SYNC_MS. */
-  sync() {
-    const text = this.published;
-    const now = performance.now();
-    if (!text || text === this.synced || now - this.syncedAt < SYNC_MS) return;
-    this.synced = text;
-    this.syncedAt = now;
-    this.model.set("stats", JSON.parse(text));
-    this.model.save_changes();
+    return this.send(this.data);
   }
 }

@@ -1,12 +1,14 @@
 // fish-notebook voice chat: the browser half of fish_notebook.voicechat.MicrophonePanel.
 //
 // Plain JavaScript for anywidget, with no build step: voicechat.py joins the files of this
-// folder, in the order it lists them, into the one ES module anywidget loads. They share one
-// scope; only the last file (main.js) has `export default`. Each file does one job:
+// folder, in the order it lists them, into the one ES module anywidget loads, after those of
+// ../shared/ (what the player's module shares: a model's views, its published figures). They
+// share one scope; only the last file (main.js) has `export default`. Each file does one job:
 //   common.js    what every job shares: the model's type, rounding, the vocabularies
 //   worklet.js   the AudioWorklet that turns the microphone into 16 kHz 16-bit mono frames
 //   capture.js   getUserMedia and the audio graph; browser errors named for the kernel
-//   mic.js       the per-model microphone: capture -> comm frames, modes, push-to-talk, level
+//   sending.js   frames to the kernel in order, batched while it lags
+//   mic.js       the per-model microphone: capture -> frames sent, modes, push-to-talk, level
 //   turns.js     the conversation drawn as turns, with their metrics
 //   view.js      one rendering: the bar (buttons, meter, state), the error, the turns
 //   main.js      anywidget's entry points

@@ -48,7 +48,7 @@ class ChatView {
     this.requestDraw = this.requestDraw.bind(this);
     for (const name of VIEW_TRAITS) this.model.on(`change:${name}`, this.requestDraw);
     this.listen();
-    if (mic.published) this.root.dataset.stats = mic.published;
+    if (mic.out.published) this.root.dataset.stats = mic.out.published;
     mic.addView(this);
     this.requestDraw();
   }
