@@ -275,6 +275,25 @@ def _post(endpoint: Endpoint, body: bytes, key: str | None, timeout: float) -> T
 # --- the two faces --------------------------------------------------------------------------
 
 
+def _checked(
+    audio: Any,
+    language: str | None,
+    timestamps: bool,
+    sample_rate: int,
+    api_key: str | None,
+    base_url: str | None,
+    backend: str,
+    timeout: float,
+) -> tuple[float, str | None, bytes]:
+    """Both faces' arguments checked before any I/O: the timeout, the key and the body."""
+    timeout = _check_timeout(timeout)
+    return (
+        timeout,
+        _key(api_key, base_url, backend),
+        _body(audio, language, timestamps, sample_rate),
+    )
+
+
 def transcribe(
     audio: bytes | bytearray | memoryview,
     *,
@@ -299,9 +318,9 @@ def transcribe(
     Starts the embedded server when that is where speech recognition goes. Raises
     ValidationError for bad arguments before any I/O; see the module docstring for the rest.
     """
-    timeout = _check_timeout(timeout)
-    key = _key(api_key, base_url, backend)
-    body = _body(audio, language, timestamps, sample_rate)
+    timeout, key, body = _checked(
+        audio, language, timestamps, sample_rate, api_key, base_url, backend, timeout
+    )
     endpoint = endpoints.resolve(base_url, key, backend)
     return _post(endpoint, body, key, timeout)
 
@@ -320,8 +339,8 @@ async def atranscribe(
     """:func:`transcribe` for async code: the request runs in a worker thread, so the event
     loop keeps going. Cancelling the call abandons the answer (the request ends by its
     ``timeout``)."""
-    timeout = _check_timeout(timeout)
-    key = _key(api_key, base_url, backend)
-    body = _body(audio, language, timestamps, sample_rate)
+    timeout, key, body = _checked(
+        audio, language, timestamps, sample_rate, api_key, base_url, backend, timeout
+    )
     endpoint = await endpoints.aresolve(base_url, key, backend)
     return await asyncio.to_thread(_post, endpoint, body, key, timeout)
