@@ -25,7 +25,6 @@ import pytest
 from fish_notebook.agents import EchoAgent
 from fish_notebook.audio import pcm_duration, pcm_rms
 from fish_notebook.local.server import ThreadedServer
-from tests.cloud_double import CloudDouble, Script
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -189,41 +188,47 @@ def test_flush_notebook_draws_the_timeline_and_flush_speeds_up_normal_mode(
     )
 
 
-# The embedded server has no POST /v1/asr on this branch yet: until it has, speech
-# recognition goes to the cloud double (a canned transcript). The notebook is left as a user
-# runs it; this cell, run first, points every VoiceChat's speech recognition at the double.
-ASR_ON_THE_DOUBLE = """\
-import functools
-from fish_notebook.voicechat import VoiceChat
-VoiceChat.__init__ = functools.partialmethod(
-    VoiceChat.__init__, asr_base_url={url!r}, asr_api_key={key!r}
-)"""
 QUESTION = "What is the capital of France? Tell me in one short sentence."
+
+
+def words(text: str) -> list[str]:
+    """``text``'s words, lower case, without punctuation: what recognition is held to."""
+    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def test_voice_agent_notebook_hears_a_spoken_question_and_answers_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_server: ThreadedServer
 ) -> None:
     """04: the question, spoken by the embedded voice into a WAV file, goes round the voice
-    loop (detector, speech recognition, agent, speech) in the chat and in %%converse's."""
-    transcript = {"text": QUESTION, "duration": 4.0, "segments": []}
-    with CloudDouble(Script(transcript=transcript)) as cloud:
-        setup = ASR_ON_THE_DOUBLE.format(url=cloud.base_url, key=cloud.script.api_key)
-        notebook = execute("04_voice_agent.ipynb", tmp_path, monkeypatch, local_server, setup)
+    loop (detector, speech recognition, agent, speech) in the chat and in %%converse's. Speech
+    recognition is the embedded server's own (Whisper), where the kernel's speech goes."""
+    transcriber = local_server.server.transcriber()
+    recognize = transcriber.recognize
+    heard: list[float] = []  # seconds of each utterance the server was asked to transcribe
+
+    def counted(prepared: Any, *args: Any, **kwargs: Any) -> Any:
+        heard.append(prepared.duration)
+        return recognize(prepared, *args, **kwargs)
+
+    monkeypatch.setattr(transcriber, "recognize", counted)
+    notebook = execute("04_voice_agent.ipynb", tmp_path, monkeypatch, local_server)
     assert_no_errors(notebook)
     question = assert_wav_speech(tmp_path / "question.wav", QUESTION)
     # Each hear() sent the whole question (and no more than its margins) to recognition.
-    heard = [len(r.body["audio"]) / 2 / 16_000 for r in cloud.requests if r.path == "/v1/asr"]
     assert len(heard) == 2 and all(question - 1.0 < s < question + 1.0 for s in heard), heard
     text = stdout(notebook)
-    echo = f"{EchoAgent.introduction} You said: {QUESTION}"
-    assert f"you said:   {QUESTION}" in text
+    said = re.search(r"^you said:   (.*)$", text, re.M)
+    assert said is not None, text
+    assert words(said[1]) == words(QUESTION)
+    echo = f"{EchoAgent.introduction} You said: {said[1]}"
     assert f"answer:     {echo}" in text and f"heard:      {echo}" in text
     assert f"agent:      {EchoAgent.name}" in text
     assert re.search(r"first_audio_s\s+\d+\.\d\d s", text)
     assert "   system: Answer in one short sentence." in text
     assert f"assistant: {echo}" in text
-    assert f"{QUESTION} -> Paris is the capital of France. It stands on the Seine." in text
+    answered = r"^(.*) -> Paris is the capital of France\. It stands on the Seine\.$"
+    geography = re.search(answered, text, re.M)
+    assert geography is not None and words(geography[1]) == words(QUESTION), text
     views = [
         o
         for o in outputs(notebook)
