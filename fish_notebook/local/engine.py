@@ -18,7 +18,11 @@ Guarantees:
   alone, two threads synthesize a 3.8 s sentence in 205 ms against 294 ms with one; with 8
   syntheses at once, one thread each and two at a time make 25 s of audio per second,
   against 18-21 s for two threads each and all at once. The second session costs about
-  90 MB of memory per loaded voice (plus its arena as it grows).
+  90 MB of memory per loaded voice (plus its arena as it grows). It is built after the
+  voice is ready, at low priority (:class:`VoiceSessions`): a server serves as soon as the
+  two-thread one is loaded.
+- Sessions load from an optimized copy of the model when one is cached
+  (:mod:`.model_cache`): less than half the time of optimizing the graph again.
 
 Piper is GPL and comes with the ``local`` extra; it is imported only when a voice loads.
 """

@@ -57,13 +57,15 @@ def cache_folder() -> Path | None:
     if given.lower() in ("0", "false", "no", "off"):
         return None
     if given:
-        folder = Path(given)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        folder = Path(base) / "fish-notebook" / "models"
-        # Made first here, "fish-notebook" must be private too: it may be the state folder.
-        with contextlib.suppress(OSError):
-            folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        found = private_folder(Path(given))
+        if found is None:
+            logger.warning("%s=%s is not a folder of this user's alone: no cache", CACHE_ENV, given)
+        return found
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    folder = Path(base) / "fish-notebook" / "models"
+    # Made first here, "fish-notebook" must be private too: it may be the state folder.
+    with contextlib.suppress(OSError):
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return private_folder(folder)
 
 

@@ -115,10 +115,10 @@ def test_a_changed_source_gets_a_new_copy_and_the_old_one_goes(cache: Path, tmp_
 
 
 def test_no_cache_when_turned_off_or_not_private(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``0`` turns the cache off (sessions optimize as onnxruntime does by default); a folder
-    others can read is not used."""
+    others can read is not used, and a warning says so."""
     monkeypatch.setenv(CACHE_ENV, "0")
     assert cache_folder() is None
     session = open_session(MODEL, "plain", lambda: str(MODEL), options())
@@ -128,7 +128,9 @@ def test_no_cache_when_turned_off_or_not_private(
     shared.mkdir(mode=0o755)
     shared.chmod(0o755)
     monkeypatch.setenv(CACHE_ENV, str(shared))
-    assert cache_folder() is None
+    with caplog.at_level(logging.WARNING, logger="fish_notebook.local.model_cache"):
+        assert cache_folder() is None
+    assert "not a folder of this user's alone" in caplog.text
     open_session(MODEL, "plain", lambda: str(MODEL), options())
     assert copies(shared) == []
 
