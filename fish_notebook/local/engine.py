@@ -30,6 +30,7 @@ Piper is GPL and comes with the ``local`` extra; it is imported only when a voic
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import importlib.util
@@ -379,16 +380,30 @@ def _build_voice(name: str, model: Path, config: Path, *, alignment: bool) -> Vo
             pass
         return session
 
+    def shared() -> Any:
+        made = warmed(session(1))
+        _return_freed_memory()
+        return made
+
     piper_voice = PiperVoice(session=session(_SOLO_THREADS), config=piper_config)
     solo = warmed(piper_voice.session)
     if _SOLO_THREADS > 1:
         sessions = VoiceSessions(solo)
-        sessions.build_shared(lambda: warmed(session(1)), name)
+        sessions.build_shared(shared, name)
     else:
         sessions = VoiceSessions(solo, solo)
+        _return_freed_memory()
     voice = Voice(name, piper_voice, has_alignment=has_alignment, sessions=sessions)
     logger.info("loaded voice %s (%d Hz) from %s", name, voice.sample_rate, model)
     return voice
+
+
+def _return_freed_memory() -> None:
+    """Give back to the system what loading freed (the parsed model, the optimizer's graphs):
+    glibc keeps it in the loading threads' arenas otherwise (measured: 25-30 MB per voice)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def _can_align(model: Path) -> bool:
