@@ -26,15 +26,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .._net import is_loopback
 from .._version import __version__
 from ..errors import FishNotebookError, ValidationError
-from .engine import VoiceLibrary
-
-if TYPE_CHECKING:
-    from .server import LocalServer
+from .server import LocalServer
 
 __all__ = ["READY_PREFIX", "TOKEN_ENV", "build_parser", "serve_main"]
 
@@ -117,9 +113,6 @@ def serve_main(argv: Sequence[str] | None = None, *, prog: str | None = None) ->
         )
         return 2
     try:
-        _start_loading_voice(args.voices)
-        from .server import LocalServer  # tornado and the rest, while the voice loads
-
         server = LocalServer(
             args.host,
             args.port,
@@ -140,23 +133,6 @@ def serve_main(argv: Sequence[str] | None = None, *, prog: str | None = None) ->
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _start_loading_voice(voices_dir: str | None) -> None:
-    """Load the default voice in a thread from now on: its onnxruntime session is built with
-    the GIL released, beside the server's imports. The server's start finds it loaded, or
-    waits for it; a failure here is reported by that start (it loads again). Raises
-    ValidationError for a ``voices_dir`` that is not a folder."""
-    library = VoiceLibrary(voices_dir)
-
-    def load() -> None:
-        try:
-            library.default()
-        except Exception as exc:  # the server's start tries again and says what is wrong
-            logger.debug("loading the voice ahead failed: %s", exc)
-
-    # Not a daemon: an exit waits for it rather than ending the process inside onnxruntime.
-    threading.Thread(target=load, name="fish-notebook-voice-load").start()
 
 
 async def _serve(server: LocalServer, args: argparse.Namespace, token: str | None) -> None:
