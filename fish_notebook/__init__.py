@@ -114,6 +114,9 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext fish_notebook``: register the magics."""
+    from .warmup import start_warmup
+
+    start_warmup()  # first: the embedded server starts while the magics are imported
     from .magics import load_ipython_extension as load
 
     load(ipython)

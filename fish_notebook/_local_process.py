@@ -47,6 +47,7 @@ from .errors import ConnectError, MissingDependencyError
 __all__ = [
     "LocalServerInfo",
     "ensure_local_server",
+    "private_folder",
     "shared_state_dir",
     "stop_local_server",
 ]
@@ -60,6 +61,7 @@ IDLE_ENV = "FISH_NOTEBOOK_SERVER_IDLE"
 DEFAULT_IDLE_EXIT = 900.0
 STATE_FILE = "server.json"
 _PROBE_TIMEOUT = 3.0
+_STATE_POLL = 0.01  # a stat() and a small read: the first speech waits for this, not the CPU
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,11 @@ def shared_state_dir() -> Path | None:
         folder = Path(os.environ["XDG_RUNTIME_DIR"]) / "fish-notebook"
     else:
         folder = Path.home() / ".cache" / "fish-notebook"
+    return private_folder(folder)
+
+
+def private_folder(folder: Path) -> Path | None:
+    """``folder``, made if missing (mode 0700), when it is this user's alone; else None."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = folder.stat()
@@ -232,7 +239,7 @@ def _start_shared(folder: Path, deadline: float) -> LocalServerInfo:
             return LocalServerInfo(str(state["url"]), token, process.pid, shared=True)
         if process.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(_STATE_POLL)
     _give_up(process)
 
 

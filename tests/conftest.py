@@ -21,13 +21,15 @@ RUN_MARK = f"FISH_NOTEBOOK_TEST_RUN={uuid.uuid4().hex}"
 
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_outlives_the_suite() -> Iterator[None]:
-    """The shared embedded server lives in a folder of this run (not the user's), and when the
-    run ends no process it started is left: the check fails the run and ends them."""
+    """The shared embedded server lives in a folder of this run (not the user's), with the
+    voices' optimized copies, and when the run ends no process it started is left: the
+    check fails the run and ends them."""
     name, value = RUN_MARK.split("=")
     os.environ[name] = value
     with tempfile.TemporaryDirectory(prefix="fish-notebook-state-") as folder:
         Path(folder).chmod(0o700)
         os.environ["FISH_NOTEBOOK_STATE_DIR"] = folder
+        os.environ["FISH_NOTEBOOK_MODEL_CACHE"] = str(Path(folder) / "models")  # not the user's
         os.environ.setdefault("FISH_NOTEBOOK_SERVER_IDLE", "120")
         yield
         state = read_state(Path(folder) / STATE_FILE)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +30,7 @@ from fish_notebook.errors import WebSocketError
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.websocket import SOCKETS_PER_SLOT
 from fish_notebook.pool import PoolKey, SocketPool, socket_pool
-from fish_notebook.speaking import defaults, speak
+from fish_notebook.speaking import SpeakDefaults, defaults, speak
 from tests.cloud_double import CloudDouble, Script, samples_per_char
 from tests.helpers import wait_until
 
@@ -495,3 +497,37 @@ def test_load_ext_warm_up_opens_the_socket_the_first_speak_uses(
         assert session.state == "finished" and session.audio
         assert len(cloud.connections) == 1
         assert cloud.connections[0].received[0]["event"] == "start"
+
+
+def test_one_warm_up_runs_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """%load_ext starts the warm-up before the magics import, and the magics ask again: while
+    one runs, that one is returned; once it ended, a later %load_ext starts another."""
+    release = threading.Event()
+    monkeypatch.setattr(warmup, "_warm", lambda: release.wait(30))
+    first = warmup.start_warmup()
+    assert first is not None and first.is_alive()
+    assert warmup.start_warmup() is first
+    release.set()
+    first.join(30)
+    again = warmup.start_warmup()
+    assert again is not None and again is not first
+    again.join(30)
+
+
+def test_load_ext_starts_the_warm_up_before_importing_the_magics() -> None:
+    """The embedded server starts first thing (the magics take a while to import); until
+    the speaking defaults are imported, the warm-up takes them as they start."""
+    code = (
+        "import sys, fish_notebook, fish_notebook.warmup as w\n"
+        "seen = []\n"
+        "w.start_warmup = lambda: seen.append('fish_notebook.magics' in sys.modules)\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "fish_notebook.load_ipython_extension(InteractiveShell.instance())\n"
+        "print(seen, 'fish_notebook.speaking' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[False, True] True", result.stderr
+    fresh = SpeakDefaults()
+    assert (fresh.url, fresh.backend) == warmup.UNTOUCHED_DEFAULTS

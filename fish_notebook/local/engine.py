@@ -18,19 +18,27 @@ Guarantees:
   alone, two threads synthesize a 3.8 s sentence in 205 ms against 294 ms with one; with 8
   syntheses at once, one thread each and two at a time make 25 s of audio per second,
   against 18-21 s for two threads each and all at once. The second session costs about
-  90 MB of memory per loaded voice (plus its arena as it grows).
+  90 MB of memory per loaded voice (plus its arena as it grows). It is built after the
+  voice is ready, at low priority (:class:`VoiceSessions`): a server serves as soon as the
+  two-thread one is loaded.
+- Sessions load from an optimized copy of the model when one is cached
+  (:mod:`.model_cache`): less than half the time of optimizing the graph again.
 
 Piper is GPL and comes with the ``local`` extra; it is imported only when a voice loads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
+import importlib.util
 import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, ValidationError
+from . import model_cache
 from .slots import SynthesisCancelled, SynthesisSlots, usable_cores
 
 __all__ = [
@@ -49,6 +58,7 @@ __all__ = [
     "Voice",
     "VoiceInfo",
     "VoiceLibrary",
+    "VoiceSessions",
     "default_voice_files",
 ]
 
@@ -61,6 +71,9 @@ _CORES = usable_cores()
 _SOLO_THREADS = min(2, _CORES)
 #: One slot per core, shared by every voice in the process.
 SLOTS = SynthesisSlots(_CORES)
+#: The nice of the thread that builds a voice's one-thread session (it must not slow the
+#: sessions being served).
+_BACKGROUND_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -131,11 +144,69 @@ def default_voice_files() -> tuple[Path, Path]:
     return model, Path(f"{model}.json")
 
 
+class VoiceSessions:
+    """The onnxruntime sessions of one loaded voice model.
+
+    ``solo`` (two threads) serves a run alone on the machine; the one-thread session serves
+    runs side by side with others. That one is built after the voice is ready, in a thread
+    of low priority (:meth:`build_shared`), so that a server serves as soon as ``solo`` is
+    loaded: until it is there (or if it fails), every run uses ``solo``.
+    """
+
+    def __init__(self, solo: Any, shared: Any | None = None) -> None:
+        self.solo = solo
+        self._shared = shared
+        self._settled = threading.Event()  # the shared session is there, or will not be
+        if shared is not None:
+            self._settled.set()
+
+    def __repr__(self) -> str:
+        return f"VoiceSessions(shared={'ready' if self._shared is not None else 'not yet'})"
+
+    def for_run(self, alone: bool) -> Any:
+        """The session for a run (alone on the machine or not)."""
+        shared = self._shared
+        return self.solo if alone or shared is None else shared
+
+    def build_shared(self, build: Callable[[], Any], name: str) -> threading.Thread:
+        """Run ``build()`` (the one-thread session, warmed) in a thread of low priority.
+
+        Not a daemon: an exit waits for it rather than ending the process inside onnxruntime.
+        """
+        thread = threading.Thread(
+            target=self._build, args=(build, name), name=f"fish-notebook-voice-{name}"
+        )
+        thread.start()
+        return thread
+
+    def _build(self, build: Callable[[], Any], name: str) -> None:
+        _lower_priority()
+        try:
+            self._shared = build()
+            logger.info("voice %s: one-thread session ready", name)
+        except Exception as exc:  # runs side by side share the two-thread session instead
+            logger.warning("voice %s: no one-thread session (%s)", name, exc)
+        finally:
+            self._settled.set()
+
+    def wait_shared(self, timeout: float) -> Any | None:
+        """The one-thread session once built (None if it failed or is not there in time)."""
+        self._settled.wait(timeout)
+        return self._shared
+
+
+def _lower_priority() -> None:
+    """Let the sessions being served go first on the cores (Linux: a thread's own nice)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
+
+
 class Voice:
     """A loaded Piper voice. Use :meth:`VoiceLibrary.get` rather than building one.
 
-    ``piper_voice.session`` serves runs alone on the machine; ``shared_session`` (one
-    thread; the same session when None) serves runs side by side with others.
+    ``sessions`` holds its onnxruntime sessions (:class:`VoiceSessions`), shared with any
+    other name of the same model file.
     """
 
     def __init__(
@@ -144,11 +215,11 @@ class Voice:
         piper_voice: Any,
         *,
         has_alignment: bool,
-        shared_session: Any | None = None,
+        sessions: VoiceSessions | None = None,
     ) -> None:
         self.name = name
         self._piper = piper_voice
-        self._shared_session = shared_session if shared_session is not None else piper_voice.session
+        self._sessions = sessions if sessions is not None else VoiceSessions(piper_voice.session)
         self.sample_rate: int = int(piper_voice.config.sample_rate)
         self._length_scale: float = float(piper_voice.config.length_scale or 1.0)
         self.has_alignment = has_alignment
@@ -203,9 +274,7 @@ class Voice:
             normalize_audio=normalize_loudness,
             volume=math.pow(10.0, volume_db / 20.0),
         )
-        runner = _ScheduledRuns(
-            self._piper.session, self._shared_session, deadline or time.monotonic, cancelled
-        )
+        runner = _ScheduledRuns(self._sessions, deadline or time.monotonic, cancelled)
         # Piper makes one session.run per sentence: a copy of the voice whose session is the
         # scheduler puts every run through a core slot without touching Piper's code.
         piper = dataclasses.replace(self._piper, session=runner)
@@ -233,19 +302,17 @@ class _ScheduledRuns:
 
     def __init__(
         self,
-        solo: Any,
-        shared: Any,
+        sessions: VoiceSessions,
         deadline: Callable[[], float],
         cancelled: Callable[[], bool] | None,
     ) -> None:
-        self._solo = solo
-        self._shared = shared
+        self._sessions = sessions
         self._deadline = deadline
         self._cancelled = cancelled
 
     def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
         with SLOTS.slot(self._deadline(), self._cancelled) as alone:
-            session = self._solo if alone else self._shared
+            session = self._sessions.for_run(alone)
             return session.run(output_names, input_feed, run_options)
 
 
@@ -280,7 +347,7 @@ def _load(name: str, model: Path, config: Path, *, alignment: bool) -> Voice:
                     name,
                     shared._piper,
                     has_alignment=shared.has_alignment,
-                    shared_session=shared._shared_session,
+                    sessions=shared._sessions,
                 )
             else:
                 voice = _build_voice(name, model, config, alignment=alignment)
@@ -297,47 +364,69 @@ def _build_voice(name: str, model: Path, config: Path, *, alignment: bool) -> Vo
         raise MissingDependencyError("piper-tts", "local", "The embedded server's voice") from exc
     with open(config, encoding="utf-8") as handle:
         piper_config = PiperConfig.from_dict(json.load(handle))
-    model_bytes: str | bytes = str(model)
-    has_alignment = False
-    if alignment:
-        model_bytes, has_alignment = _patched_for_alignment(model)
+    has_alignment = alignment and _can_align(model)
+    variant = "aligned" if has_alignment else "plain"
+    graph = functools.partial(_aligned_graph if has_alignment else str, model)
 
     def session(threads: int) -> Any:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(
-            model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        return model_cache.open_session(model, variant, graph, options)
 
-    solo = session(_SOLO_THREADS)
-    shared = session(1) if _SOLO_THREADS > 1 else solo
-    piper_voice = PiperVoice(session=solo, config=piper_config)
-    # The first run of a session pays for graph optimisation: pay it now, not on a
-    # client's first flush.
-    for warm in {id(solo): solo, id(shared): shared}.values():
-        for _ in dataclasses.replace(piper_voice, session=warm).synthesize("Ready."):
+    def warmed(session: Any) -> Any:  # its first run, not a client's, pays the first run
+        for _ in dataclasses.replace(piper_voice, session=session).synthesize("Ready."):
             pass
-    voice = Voice(name, piper_voice, has_alignment=has_alignment, shared_session=shared)
+        return session
+
+    def shared() -> Any:
+        made = warmed(session(1))
+        _return_freed_memory()
+        return made
+
+    piper_voice = PiperVoice(session=session(_SOLO_THREADS), config=piper_config)
+    solo = warmed(piper_voice.session)
+    if _SOLO_THREADS > 1:
+        sessions = VoiceSessions(solo)
+        sessions.build_shared(shared, name)
+    else:
+        sessions = VoiceSessions(solo, solo)
+        _return_freed_memory()
+    voice = Voice(name, piper_voice, has_alignment=has_alignment, sessions=sessions)
     logger.info("loaded voice %s (%d Hz) from %s", name, voice.sample_rate, model)
     return voice
 
 
-def _patched_for_alignment(model: Path) -> tuple[str | bytes, bool]:
-    """Piper's in-memory patch that adds per-phoneme durations (needs ``onnx``)."""
+def _return_freed_memory() -> None:
+    """Give back to the system what loading freed (the parsed model, the optimizer's graphs):
+    glibc keeps it in the loading threads' arenas otherwise (measured: 25-30 MB per voice)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+            ctypes.CDLL(None).malloc_trim(0)
+
+
+def _can_align(model: Path) -> bool:
+    """True when per-phoneme durations can be added to a voice (Piper's patch needs ``onnx``)."""
+    if importlib.util.find_spec("onnx") is None:
+        logger.warning("onnx is not installed: voice %s loads without alignments", model.name)
+        return False
+    return True
+
+
+def _aligned_graph(model: Path) -> str | bytes:
+    """The model with Piper's in-memory patch that adds per-phoneme durations."""
     try:
         import onnx
         from piper.patch_voice_with_alignment import add_alignment_output
-    except ImportError:
-        logger.warning("onnx is not installed: voice %s loads without alignments", model.name)
-        return str(model), False
+    except ImportError as exc:
+        raise MissingDependencyError("onnx", "local", "Word timestamps") from exc
     graph = onnx.load(str(model))
     try:
         add_alignment_output(graph)
     except ValueError:  # already patched, or no such tensor: use the file as it is
-        return str(model), True
-    return graph.SerializeToString(), True
+        return str(model)
+    return graph.SerializeToString()
 
 
 # --- the library ------------------------------------------------------------------------------

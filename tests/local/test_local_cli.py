@@ -9,10 +9,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from fish_notebook.client import RealtimeClient
 from fish_notebook.local.cli import READY_PREFIX, TOKEN_ENV
+from fish_notebook.protocol import AudioEvent
 
 COMMAND = [sys.executable, "-m", "fish_notebook.local", "--port", "0"]
 
@@ -103,3 +106,35 @@ def test_non_loopback_host_without_token_refuses_to_start() -> None:
     assert result.returncode == 2
     assert result.stdout == b""
     assert b"--insecure" in result.stderr and b"--token" in result.stderr
+
+
+def test_a_timed_session_first_thing_gets_its_word_times(tmp_path: Path) -> None:
+    """The server is ready once its plain voice is (the timed voice and the one-thread
+    session come later): a first session asking for word timestamps, and a plain one after
+    it, are served all the same (an empty voice cache: nothing was optimized before)."""
+    cache = tmp_path / "models"
+    process = spawn("--exit-with-parent", env={"FISH_NOTEBOOK_MODEL_CACHE": str(cache)})
+    try:
+        url = ready_url(process)
+        with RealtimeClient(base_url=url) as client:
+            events = list(client.stream_websocket("Hello there.", format="pcm", timestamps=True))
+            plain = b"".join(client.stream_websocket("Hello there.", format="pcm"))
+        assert events and all(isinstance(e, AudioEvent) for e in events)
+        assert events[-1].content == "Hello there."
+        words = [s.text for e in events if e.alignment for s in e.alignment.segments]
+        assert words[-2:] == ["Hello", "there."]
+        assert len(plain) > 22050  # over half a second of 16-bit audio
+        assert sorted(p.name.split(".")[2] for p in cache.glob("*.onnx")) == ["aligned", "plain"]
+    finally:
+        process.kill()
+        process.communicate(timeout=20)
+
+
+def test_a_voice_folder_that_is_not_there_is_a_bad_option(tmp_path: Path) -> None:
+    """--voices naming no folder exits 2 with a one-line message, before loading anything."""
+    result = subprocess.run(
+        [*COMMAND, "--voices", str(tmp_path / "missing")], capture_output=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert result.stderr.startswith(b"error: ") and b"voices_dir" in result.stderr

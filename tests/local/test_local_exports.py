@@ -17,6 +17,7 @@ MODULES = [
     "fish_notebook.local.cli",
     "fish_notebook.local.encoding",
     "fish_notebook.local.engine",
+    "fish_notebook.local.model_cache",
     "fish_notebook.local.recorder",
     "fish_notebook.local.server",
     "fish_notebook.local.slots",
