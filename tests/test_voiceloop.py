@@ -464,6 +464,35 @@ def test_the_default_agent_is_honest_without_a_language_model(
     assert getattr(default_agent(), "name", "").startswith("LLM ")
 
 
+async def answer_events(source: Any) -> list[str | FlushEvent]:
+    return [event async for event in AgentAnswer(lambda messages: source, []).stream()]
+
+
+async def test_the_first_clause_of_an_answer_is_flushed_on_its_own() -> None:
+    """A short first piece for the voice: cut after the first clause of two words or more,
+    wherever the tokens split, when it ends before the first sentence; never a word lost."""
+    whole = "You said: What is the capital of France? Tell me."
+    assert await answer_events(whole) == [
+        "You said:",
+        FlushEvent(),
+        " What is the capital of France? Tell me.",
+    ]
+    tokens = await answer_events(iter(llm_tokens("In short, Paris is. It is big.")))
+    assert tokens.index(FlushEvent()) == tokens.index(" Paris") - 1  # right after "short,"
+    assert "".join(t for t in tokens if isinstance(t, str)) == "In short, Paris is. It is big."
+    # A lone word before the comma, or a sentence first: only the sentence flushes.
+    for text in ("Sure, Paris is. It is big.", "Yes. Paris, of course, is. It is."):
+        events = await answer_events(iter(llm_tokens(text)))
+        flush = events.index(FlushEvent())
+        assert "".join(e for e in events[:flush] if isinstance(e, str)).endswith(".")
+    # The agent's own flush comes first: nothing is added.
+    assert await answer_events(iter(["Well, then:", FlushEvent(), " go on, please."])) == [
+        "Well, then:",
+        FlushEvent(),
+        " go on, please.",
+    ]
+
+
 async def test_an_answer_stream_reports_its_first_token_and_closes_its_source() -> None:
     closed = asyncio.Event()
     firsts: list[str] = []
