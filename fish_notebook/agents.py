@@ -20,9 +20,9 @@ it is written), keeps the text, reports the first token, and closes the agent's 
 
 The answer's first clause of two words or more (``"You said:"``, ``"In short,"``)
 gets a flush of its own when it ends before the first sentence does: the voice speaks a
-sentence in one model run, so the first audio waits for the whole first piece (about
-70 ms of Piper per second of speech on two cores), and a short first piece starts the
-answer sooner; the next sentence is ready before it has played.
+sentence in one model run, so the first audio waits for the whole first piece (50-120 ms
+of Piper per second of speech on two cores, docs/LISTENING.md), and a short first piece
+starts the answer sooner; the next sentence is ready before it has played.
 """
 
 from __future__ import annotations
