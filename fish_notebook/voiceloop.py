@@ -236,6 +236,7 @@ def _asr_options(
     speech: tuple[str | None, str | None, str | None],
     asr: tuple[str | None, str | None, str | None],
     language: str | None,
+    timeout: float,
 ) -> dict[str, Any]:
     """Where speech recognition goes (by default where the speech goes), and what it asks:
     the text alone (the loop does not use segment timestamps, which cost decoding)."""
@@ -246,6 +247,7 @@ def _asr_options(
         "base_url": (base_url or defaults.url) if same else asr_base_url,
         "api_key": asr_api_key if asr_api_key is not None else api_key,
         "backend": (backend or defaults.backend) if same else (asr_backend or "auto"),
+        "timeout": timeout,
         "timestamps": False,
     }
 
@@ -464,6 +466,19 @@ class _Answerer:
         self.settle(turn, playhead)
         return turn
 
+    def act(self, action: Any, wav: bytes) -> None:
+        """Carry out one action of the turn machine (``wav``: its utterance, if any)."""
+        if isinstance(action, EndOfTurn):
+            self.start_reply(action.metrics, wav)
+        elif isinstance(action, TranscribeEarly):
+            self.early.start(action.metrics, wav)
+        elif action == _WARM_UP:
+            self.warm()
+        elif isinstance(action, CancelReply):
+            self.cancel_replies(action.cancelled)
+        elif isinstance(action, BargeIn):
+            self.barge_in(action.interrupted)
+
     def barge_in(self, metrics: TurnMetrics) -> None:
         """The user talks over ``metrics``' answer: ask the page, or silence it now."""
         with self.changed:
@@ -505,11 +520,10 @@ class VoiceLoop:
         asr_base_url, asr_api_key, asr_backend, asr_timeout: where speech recognition goes;
             by default where the speech goes.
         min_barge_in_s: seconds of speech over an answer that interrupt it.
-        early_transcript_s: seconds of silence after which the utterance goes to speech
-            recognition, before the end of the turn is decided (at least ``TAIL``, 0.2 s);
-            None: only at the end of the turn.
-        vad: a configured :class:`~fish_notebook.vad.VoiceActivityDetector`; its
-            ``silence`` is the end-of-turn silence (0.6 s by default).
+        early_transcript_s: seconds of silence (at least ``TAIL``) after which the utterance
+            goes to speech recognition ahead of the end of the turn; None: at the end only.
+        vad: a configured :class:`~fish_notebook.vad.VoiceActivityDetector` (its
+            ``silence``, 0.6 s by default, is the end-of-turn silence).
         wait_for_page: an answer lasts until the page reports the end of its playback
             (:meth:`playback_ended`), not just until its audio arrived.
         answer_timeout: seconds an answer may last before it is stopped.
@@ -548,10 +562,8 @@ class VoiceLoop:
     ) -> None:
         request = request_options_with_defaults(voice, latency, speed, volume, request_options)
         build_request(**request)  # a bad option fails here, not at the first answer
-        asr = _asr_options(
-            (base_url, api_key, backend), (asr_base_url, asr_api_key, asr_backend), language
-        )
-        asr["timeout"] = asr_timeout
+        speech_at, asr_at = (base_url, api_key, backend), (asr_base_url, asr_api_key, asr_backend)
+        asr = _asr_options(speech_at, asr_at, language, asr_timeout)
         endpoints.plan(asr["base_url"], asr["api_key"], asr["backend"])  # fail early
         _check_early_transcript(early_transcript_s)
         speech = _Speech(
@@ -659,16 +671,7 @@ class VoiceLoop:
 
     def _act(self, work: list[tuple[Any, bytes]]) -> None:
         for action, wav in work:
-            if isinstance(action, EndOfTurn):
-                self._answerer.start_reply(action.metrics, wav)
-            elif isinstance(action, TranscribeEarly):
-                self._answerer.early.start(action.metrics, wav)
-            elif action == _WARM_UP:
-                self._answerer.warm()
-            elif isinstance(action, CancelReply):
-                self._answerer.cancel_replies(action.cancelled)
-            elif isinstance(action, BargeIn):
-                self._answerer.barge_in(action.interrupted)
+            self._answerer.act(action, wav)
         self._emit_state()
 
     # --- barge-in and the page's news ------------------------------------------------------
