@@ -17,6 +17,12 @@ a generator or async generator of text, an LLM client's stream object, whatever
 stream, adds a flush after every finished sentence (so each sentence is spoken as soon as
 it is written), keeps the text, reports the first token, and closes the agent's stream
 (closing its generator, ``aclose()``-ing its async generator) when the answer is cut short.
+
+The answer's first clause of two words or more (``"You said:"``, ``"In short,"``)
+gets a flush of its own when it ends before the first sentence does: the voice speaks a
+sentence in one model run, so the first audio waits for the whole first piece (50-120 ms
+of Piper per second of speech on two cores, docs/LISTENING.md), and a short first piece
+starts the answer sooner; the next sentence is ready before it has played.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 from .protocol import FlushEvent
 from .sources import SourceIterator, iter_source
 from .speaking import chat_stream, defaults
-from .text import completes_sentence
+from .text import CLAUSE_END, WORD, completes_sentence, first_sentence_end
 
 __all__ = [
     "VOICE_SYSTEM_PROMPT",
@@ -134,6 +140,41 @@ def agent_name(agent: Any) -> str:
     return getattr(agent, "__qualname__", None) or type(agent).__qualname__
 
 
+#: Words the first clause needs to get a flush of its own (a lone "Sure," waits for more).
+FIRST_CLAUSE_WORDS = 2
+_FIRST_CLAUSE_WITHIN = 400  # characters: past this with no clause end, stop looking
+
+
+class _FirstClause:
+    """Cuts the text of an answer after its first clause (module docstring): feed it each
+    piece of text, send what it returns. Passes everything on as it is once it has cut, once
+    the first sentence ended first, or after a flush of the agent's own (:meth:`off`)."""
+
+    def __init__(self) -> None:
+        self.text = ""  # the answer so far, until the decision
+        self.done = False
+
+    def off(self) -> None:
+        self.done = True
+
+    def feed(self, text: str) -> list[str | FlushEvent]:
+        if self.done:
+            return [text]
+        seen = len(self.text)
+        self.text += text
+        clause = CLAUSE_END.search(self.text)
+        sentence = first_sentence_end(self.text)
+        if clause is None or (sentence is not None and sentence <= clause.start()):
+            self.done = sentence is not None or len(self.text) > _FIRST_CLAUSE_WITHIN
+            return [text]
+        self.done = True
+        if len(WORD.findall(self.text, 0, clause.end())) < FIRST_CLAUSE_WORDS:
+            return [text]
+        cut = max(0, clause.end() - seen)  # confirmed by what follows: never before `seen`
+        head, tail = text[:cut], text[cut:]
+        return [piece for piece in (head, FlushEvent(), tail) if piece]
+
+
 class AgentAnswer:
     """One answer of ``agent`` to ``messages``; see the module docstring.
 
@@ -173,8 +214,10 @@ class AgentAnswer:
                 return
             self._events = events = iter_source(source)
             recent = ""  # the tail of the text so far, to see where sentences end
+            first = _FirstClause()
             async for event in events:
                 if isinstance(event, FlushEvent):
+                    first.off()
                     yield event
                     continue
                 if not self.pieces and self._on_first_token is not None:
@@ -183,7 +226,8 @@ class AgentAnswer:
                     yield FlushEvent()  # speak the finished sentence now
                 recent = (recent + event.text)[-64:]
                 self.pieces.append(event.text)
-                yield event.text
+                for piece in first.feed(event.text):
+                    yield piece
         finally:
             await self.aclose()
 

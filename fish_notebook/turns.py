@@ -20,6 +20,14 @@ new speech is already the next user turn. Speech confirmed the same way while ``
 returns :class:`CancelReply`: the reply in preparation is dropped and the user's turn goes
 on from where it began (the next :class:`EndOfTurn` covers both stretches of speech).
 
+**Early transcripts.** The end of a turn is decided only after the detector's whole
+end-of-turn silence (0.6 s by default), yet the utterance it will cover is known as soon as
+that silence begins. Once the user has been silent for ``early_transcript_s``,
+:meth:`TurnTaker.speech_paused` returns :class:`TranscribeEarly` (once per pause): the loop
+sends that utterance to speech recognition while the silence runs out, and uses the answer
+only if the :class:`EndOfTurn` covers exactly the same audio (no speech came in between);
+otherwise it is dropped.
+
 Times in :class:`TurnMetrics` are readings of the clock; an instant of microphone audio is
 placed on the clock as ``clock() - (now - t)``, exact when audio arrives in real time.
 """
@@ -35,12 +43,14 @@ from typing import Literal
 from .errors import ValidationError
 
 __all__ = [
+    "DEFAULT_EARLY_TRANSCRIPT",
     "DEFAULT_MIN_BARGE_IN",
     "TURN_STATES",
     "Action",
     "BargeIn",
     "CancelReply",
     "EndOfTurn",
+    "TranscribeEarly",
     "TurnMetrics",
     "TurnState",
     "TurnTaker",
@@ -51,6 +61,10 @@ TURN_STATES: tuple[TurnState, ...] = ("listening", "user_speaking", "thinking", 
 #: Seconds speech over an answer must last before it interrupts: longer than a cough or a
 #: short acknowledgement, short enough that the user is not talked over for long.
 DEFAULT_MIN_BARGE_IN = 0.4
+#: Seconds of silence after which the utterance is transcribed ahead of the end of the turn:
+#: the voice loop's tail of audio after the speech (0.2 s) must be there, and the sooner
+#: the better (a pause that does not end the turn costs one transcription, thrown away).
+DEFAULT_EARLY_TRANSCRIPT = 0.2
 
 
 @dataclass
@@ -58,7 +72,9 @@ class TurnMetrics:
     """When each step of one turn happened, in clock seconds (``None``: not (yet) reached).
 
     ``speech_end``: the user stopped speaking; ``turn_end``: the end of the turn was decided;
-    ``transcript``: speech recognition answered; ``first_token``: the agent's first text;
+    ``recognized``: speech recognition answered (before ``turn_end`` for an early
+    transcript); ``transcript``: the turn had its transcript (the later of the two);
+    ``first_token``: the agent's first text;
     ``first_audio``: the answer's first audio reached the kernel; ``first_sample``: the page
     scheduled the answer's first sample (the page reports it); ``answer_end``: the answer
     was over (finished, failed or stopped). For a barge-in on this turn's answer:
@@ -68,6 +84,7 @@ class TurnMetrics:
 
     speech_end: float | None = None
     turn_end: float | None = None
+    recognized: float | None = None
     transcript: float | None = None
     first_token: float | None = None
     first_audio: float | None = None
@@ -84,7 +101,14 @@ class TurnMetrics:
         def since(origin: float | None, at: float | None) -> float | None:
             return None if origin is None or at is None else at - origin
 
-        steps = ("turn_end", "transcript", "first_token", "first_audio", "first_sample")
+        steps = (
+            "turn_end",
+            "recognized",
+            "transcript",
+            "first_token",
+            "first_audio",
+            "first_sample",
+        )
         out = {f"{name}_s": since(self.speech_end, getattr(self, name)) for name in steps}
         out["barge_in_to_silence_s"] = since(self.barge_in_onset, self.silenced)
         return out
@@ -113,6 +137,16 @@ class EndOfTurn:
 
 
 @dataclass(frozen=True)
+class TranscribeEarly:
+    """The user has paused since ``end``: transcribe the audio from ``start`` to ``end``
+    now; the :class:`EndOfTurn` of ``metrics``' turn may cover the same audio."""
+
+    start: float
+    end: float
+    metrics: TurnMetrics
+
+
+@dataclass(frozen=True)
 class BargeIn:
     """The user talks over the answer of ``interrupted``: silence it now. The speech began
     at ``onset`` (seconds of microphone audio) and is the next user turn."""
@@ -128,7 +162,7 @@ class CancelReply:
     cancelled: TurnMetrics
 
 
-Action = EndOfTurn | BargeIn | CancelReply
+Action = EndOfTurn | TranscribeEarly | BargeIn | CancelReply
 
 
 def _check_seconds(name: str, value: float) -> float:
@@ -140,16 +174,24 @@ def _check_seconds(name: str, value: float) -> float:
 
 class TurnTaker:
     """The turn-taking state machine; see the module docstring. Not thread-safe: the caller
-    serialises calls (the voice loop holds its lock)."""
+    serialises calls (the voice loop holds its lock). ``early_transcript_s`` None: no
+    early transcripts."""
 
     def __init__(
         self,
         *,
         min_barge_in_s: float = DEFAULT_MIN_BARGE_IN,
+        early_transcript_s: float | None = DEFAULT_EARLY_TRANSCRIPT,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.min_barge_in_s = _check_seconds("min_barge_in_s", min_barge_in_s)
+        self.early_transcript_s = (
+            None
+            if early_transcript_s is None
+            else _check_seconds("early_transcript_s", early_transcript_s)
+        )
         self.clock = clock
+        self._early: tuple[TurnMetrics, float] | None = None  # the pause transcribed early
         self.state: TurnState = "listening"
         #: The metrics of the turn that holds the floor (None before the first turn).
         self.current: TurnMetrics | None = None
@@ -199,6 +241,20 @@ class TurnTaker:
         self._new_turn(onset)
         return BargeIn(onset, previous)
 
+    def speech_paused(self, end: float, now: float) -> TranscribeEarly | None:
+        """The user's speech has stopped at ``end`` (the detector hears silence since; it
+        ends the turn there unless speech resumes): transcribe early once it has lasted
+        ``early_transcript_s``, once for each pause."""
+        wait = self.early_transcript_s
+        metrics = self.current
+        if wait is None or self.state != "user_speaking" or now - end < wait - 1e-9:
+            return None
+        assert metrics is not None  # user_speaking always has a turn
+        if self._early is not None and self._early[0] is metrics and self._early[1] == end:
+            return None
+        self._early = (metrics, end)
+        return TranscribeEarly(self._turn_start, end, metrics)
+
     def speech_ended(self, start: float, end: float, now: float) -> EndOfTurn | None:
         """The speech from ``start`` to ``end`` is over (the detector heard the silence)."""
         if self.state == "user_speaking":
@@ -213,10 +269,12 @@ class TurnTaker:
 
     # --- the loop's news about a turn ----------------------------------------------------
 
-    def transcribed(self, metrics: TurnMetrics, text: str) -> bool:
-        """Speech recognition answered for ``metrics``' turn. True when the loop should now
-        answer it; False when the text is empty or the turn was overtaken."""
+    def transcribed(self, metrics: TurnMetrics, text: str, recognized: float | None = None) -> bool:
+        """``metrics``' turn has its transcript (``recognized``: when speech recognition
+        answered, a clock reading; default now). True when the loop should now answer it;
+        False when the text is empty or the turn was overtaken."""
         metrics.transcript = self.clock()
+        metrics.recognized = metrics.transcript if recognized is None else recognized
         if metrics is not self.current or self.state != "thinking":
             return False
         if text.strip():
@@ -262,3 +320,4 @@ class TurnTaker:
     def reset(self) -> None:
         """Forget everything (a new conversation)."""
         self.state, self.current, self._onset, self._turn_start = "listening", None, None, 0.0
+        self._early = None

@@ -217,6 +217,13 @@ class VoiceActivityDetector:
         return self._voiced_until
 
     @property
+    def silent_from(self) -> int | None:
+        """While :attr:`speaking`: the sample where the silence heard now began, None while
+        the speech goes on. If no speech comes before ``silence`` has passed, the turn's
+        :class:`SpeechEnded` puts its ``end`` there (the voice loop transcribes ahead)."""
+        return self._silence_from if self._state == "speech" else None
+
+    @property
     def samples(self) -> int:
         """Whole samples fed since the start (or :meth:`reset`)."""
         return self._received

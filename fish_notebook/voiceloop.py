@@ -15,6 +15,15 @@ at the end of the user's turn the utterance, as WAV, goes to ``POST /v1/asr``
 and the agent's stream to a speech :class:`~fish_notebook.session.Session` (word timestamps
 on, a flush at every sentence end). ``on_answer(session)`` lets a page show its player.
 
+Latency: the end of a turn is decided after the detector's end-of-turn silence (``silence``
+of :class:`~fish_notebook.vad.VoiceActivityDetector`, 0.6 s by default), but the utterance is
+sent to speech recognition once the user has been silent ``early_transcript_s`` (0.2 s): its
+transcript is used if the turn ends on that same audio, and dropped if the user spoke on
+(:mod:`fish_notebook.turns`, "Early transcripts"). Speech recognition is asked for the text
+alone (no segment timestamps: the loop does not use them). When the user starts speaking,
+a socket to the answer's speech server is opened ahead (:mod:`fish_notebook.pool`), so the
+answer's session skips the handshakes.
+
 Barge-in: speech confirmed for ``min_barge_in_s`` over an answer calls ``on_barge_in(turn)``
 (the page silences the answer and reports its playhead with :meth:`VoiceLoop.interrupt`);
 with no such callback the loop interrupts at once. :meth:`VoiceLoop.interrupt` stops the
@@ -29,6 +38,7 @@ the kernel stays free. Every public method is thread-safe.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
@@ -48,7 +58,16 @@ from .heard import Heard
 from .session import FINAL_STATES, Session
 from .speaking import defaults, make_client, request_options_with_defaults
 from .transcribe import DEFAULT_TIMEOUT, Transcript, atranscribe
-from .turns import DEFAULT_MIN_BARGE_IN, BargeIn, CancelReply, EndOfTurn, TurnMetrics, TurnTaker
+from .turns import (
+    DEFAULT_EARLY_TRANSCRIPT,
+    DEFAULT_MIN_BARGE_IN,
+    BargeIn,
+    CancelReply,
+    EndOfTurn,
+    TranscribeEarly,
+    TurnMetrics,
+    TurnTaker,
+)
 from .vad import SAMPLE_RATE, SpeechEnded, SpeechStarted, VoiceActivityDetector
 
 __all__ = ["SAMPLE_RATE", "VoiceLoop", "VoiceTurn", "microphone_pcm"]
@@ -62,6 +81,7 @@ MAX_TURN = 60.0  # seconds of one turn's audio kept at most (the oldest is dropp
 PAGE_REPLY = 1.0  # seconds the page has to report its playhead after a barge-in
 PLAYBACK_GRACE = 5.0  # seconds past the audio's length a page may take to report its end
 FRAME_BYTES = 640  # 20 ms at 16 kHz: how hear() feeds a file
+_WARM_UP = "warm-up"  # work for _act: open the answer's socket ahead
 
 
 @dataclass(eq=False)
@@ -70,7 +90,8 @@ class VoiceTurn:
 
     ``answer`` is every word the agent wrote; ``heard`` what the user heard of it (all of
     it unless ``interrupted``). ``error`` holds what went wrong (speech recognition, the
-    agent, the speech), if anything. ``done`` once the answer is over.
+    agent, the speech), if anything. ``done`` once the answer is over. ``early_transcript``:
+    the transcript was asked for during the pause that ended the turn (the same audio).
     """
 
     user: str
@@ -83,6 +104,7 @@ class VoiceTurn:
     heard_detail: Heard | None = None
     error: BaseException | None = None
     done: bool = False
+    early_transcript: bool = False
     session: Session | None = field(default=None, repr=False)
     reply: AgentAnswer | None = field(default=None, repr=False)
 
@@ -145,6 +167,51 @@ class _Microphone:
         return wav_bytes(bytes(self.audio[2 * first : 2 * last]), SAMPLE_RATE)
 
 
+Recognition = concurrent.futures.Future[tuple[Transcript, float]]
+
+
+class _EarlyTranscript:
+    """The transcription asked for during a pause that may end the turn (one at a time).
+
+    Its answer serves the turn's end only for the very same utterance: the same turn, the
+    same bytes of audio (no speech came in between). A newer pause's request replaces it;
+    the answer of one replaced or not used is dropped (a server finishes a run it began).
+    """
+
+    def __init__(self, asr: dict[str, Any], clock: Callable[[], float]) -> None:
+        self.asr, self.clock = asr, clock
+        self._lock = threading.Lock()
+        self._pending: tuple[TurnMetrics, bytes, Recognition] | None = None
+
+    async def _recognize(self, wav: bytes) -> tuple[Transcript, float]:
+        transcript = await atranscribe(wav, **self.asr)
+        return transcript, self.clock()
+
+    def start(self, metrics: TurnMetrics, wav: bytes) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._recognize(wav), _loop.background_loop())
+        with self._lock:
+            replaced, self._pending = self._pending, (metrics, wav, future)
+        if replaced is not None:
+            replaced[2].cancel()  # the user spoke on after that pause
+
+    def take(self, metrics: TurnMetrics, wav: bytes) -> Recognition | None:
+        """The early transcription of exactly ``wav`` for ``metrics``' turn, if one was asked
+        for; any other is dropped."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is metrics and pending[1] == wav:
+            return pending[2]
+        if pending is not None:
+            pending[2].cancel()
+        return None
+
+    def cancel(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[2].cancel()
+
+
 class _AnswerWatcher:
     """A session listener: the answer's first audio and its end, told to the answerer."""
 
@@ -163,6 +230,38 @@ class _AnswerWatcher:
     def on_state(self, state: str, error: str | None) -> None:
         if state in FINAL_STATES:  # called under the session's lock: act after it
             _loop.background_loop().call_soon(self.answerer.answer_over, self.turn)
+
+
+def _asr_options(
+    speech: tuple[str | None, str | None, str | None],
+    asr: tuple[str | None, str | None, str | None],
+    language: str | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """Where speech recognition goes (by default where the speech goes), and what it asks:
+    the text alone (the loop does not use segment timestamps, which cost decoding)."""
+    (base_url, api_key, backend), (asr_base_url, asr_api_key, asr_backend) = speech, asr
+    same = asr_base_url is None and asr_backend is None
+    return {
+        "language": language,
+        "base_url": (base_url or defaults.url) if same else asr_base_url,
+        "api_key": asr_api_key if asr_api_key is not None else api_key,
+        "backend": (backend or defaults.backend) if same else (asr_backend or "auto"),
+        "timeout": timeout,
+        "timestamps": False,
+    }
+
+
+def _check_early_transcript(seconds: float | None) -> None:
+    number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    if seconds is not None and not (number and TAIL <= seconds <= 10):
+        why = f"must be seconds in {TAIL:g}..10 (the utterance's tail must be heard), or None"
+        raise ValidationError("early_transcript_s", seconds, why)
+
+
+def _log_warm_failure(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:  # the answer will say
+        logger.debug("no socket opened ahead: %s", future.exception())
 
 
 def _call(hook: Callable[..., Any] | None, *args: Any) -> bool:
@@ -209,6 +308,8 @@ class _Answerer:
     ) -> None:
         self.speech, self.machine, self.changed, self.clock = speech, machine, changed, clock
         self.hooks = hooks  # on_answer and on_state are read at each use
+        self.early = _EarlyTranscript(speech.asr, clock)
+        self.warming: concurrent.futures.Future[Any] | None = None
         self.turns: list[VoiceTurn] = []
         self.asked: VoiceTurn | None = None  # the page was asked for this turn's playhead
         self.replies: dict[int, Any] = {}  # id(metrics) -> the future of a reply in the works
@@ -242,10 +343,31 @@ class _Answerer:
                 out += turn.messages()
             return out
 
+    def warm(self) -> None:
+        """Open a socket to the answer's speech server ahead (none when the pool has one)."""
+        if self.warming is not None and not self.warming.done():
+            return
+        warming = self.speech.client.warm(model=self.speech.model, timestamps=True)
+        self.warming = asyncio.run_coroutine_threadsafe(warming, _loop.background_loop())
+        self.warming.add_done_callback(_log_warm_failure)
+
+    async def transcript(self, metrics: TurnMetrics, wav: bytes) -> tuple[Transcript, float, bool]:
+        """The turn's transcript, when speech recognition answered, and whether it was the
+        early one."""
+        early = self.early.take(metrics, wav)
+        if early is not None:
+            try:
+                transcript, recognized = await asyncio.wrap_future(early)
+                return transcript, recognized, True
+            except Exception as exc:  # asked again below: the failure may have passed
+                logger.debug("the early transcription failed: %s", exc)
+        transcript = await atranscribe(wav, **self.speech.asr)
+        return transcript, self.clock(), False
+
     async def reply(self, metrics: TurnMetrics, wav: bytes) -> None:
         agent = agent_name(self.speech.agent)
         try:
-            transcript = await atranscribe(wav, **self.speech.asr)
+            transcript, recognized, early = await self.transcript(metrics, wav)
         except Exception as exc:
             logger.warning("speech recognition failed: %s", exc)
             with self.changed:
@@ -253,9 +375,10 @@ class _Answerer:
                 self.turns.append(VoiceTurn("", agent, metrics, error=exc, done=True))
             return
         with self.changed:
-            if not self.machine.transcribed(metrics, transcript.text):
+            if not self.machine.transcribed(metrics, transcript.text, recognized):
                 return  # nothing was said (noise), or the user went on speaking
             turn = VoiceTurn(transcript.text.strip(), agent, metrics, transcript)
+            turn.early_transcript = early
             self.turns.append(turn)
         self.hooks._emit_state()
         try:
@@ -343,6 +466,19 @@ class _Answerer:
         self.settle(turn, playhead)
         return turn
 
+    def act(self, action: Any, wav: bytes) -> None:
+        """Carry out one action of the turn machine (``wav``: its utterance, if any)."""
+        if isinstance(action, EndOfTurn):
+            self.start_reply(action.metrics, wav)
+        elif isinstance(action, TranscribeEarly):
+            self.early.start(action.metrics, wav)
+        elif action == _WARM_UP:
+            self.warm()
+        elif isinstance(action, CancelReply):
+            self.cancel_replies(action.cancelled)
+        elif isinstance(action, BargeIn):
+            self.barge_in(action.interrupted)
+
     def barge_in(self, metrics: TurnMetrics) -> None:
         """The user talks over ``metrics``' answer: ask the page, or silence it now."""
         with self.changed:
@@ -384,7 +520,10 @@ class VoiceLoop:
         asr_base_url, asr_api_key, asr_backend, asr_timeout: where speech recognition goes;
             by default where the speech goes.
         min_barge_in_s: seconds of speech over an answer that interrupt it.
-        vad: a configured :class:`~fish_notebook.vad.VoiceActivityDetector`.
+        early_transcript_s: seconds of silence (at least ``TAIL``) after which the utterance
+            goes to speech recognition ahead of the end of the turn; None: at the end only.
+        vad: a configured :class:`~fish_notebook.vad.VoiceActivityDetector` (its
+            ``silence``, 0.6 s by default, is the end-of-turn silence).
         wait_for_page: an answer lasts until the page reports the end of its playback
             (:meth:`playback_ended`), not just until its audio arrived.
         answer_timeout: seconds an answer may last before it is stopped.
@@ -411,6 +550,7 @@ class VoiceLoop:
         asr_backend: str | None = None,
         asr_timeout: float = DEFAULT_TIMEOUT,
         min_barge_in_s: float = DEFAULT_MIN_BARGE_IN,
+        early_transcript_s: float | None = DEFAULT_EARLY_TRANSCRIPT,
         vad: VoiceActivityDetector | None = None,
         wait_for_page: bool = False,
         answer_timeout: float = 300.0,
@@ -422,15 +562,10 @@ class VoiceLoop:
     ) -> None:
         request = request_options_with_defaults(voice, latency, speed, volume, request_options)
         build_request(**request)  # a bad option fails here, not at the first answer
-        same = asr_base_url is None and asr_backend is None
-        asr: dict[str, Any] = {
-            "language": language,
-            "base_url": (base_url or defaults.url) if same else asr_base_url,
-            "api_key": asr_api_key if asr_api_key is not None else api_key,
-            "backend": (backend or defaults.backend) if same else (asr_backend or "auto"),
-            "timeout": asr_timeout,
-        }
+        speech_at, asr_at = (base_url, api_key, backend), (asr_base_url, asr_api_key, asr_backend)
+        asr = _asr_options(speech_at, asr_at, language, asr_timeout)
         endpoints.plan(asr["base_url"], asr["api_key"], asr["backend"])  # fail early
+        _check_early_transcript(early_transcript_s)
         speech = _Speech(
             agent=agent if agent is not None else default_agent(),
             system=system,
@@ -443,7 +578,9 @@ class VoiceLoop:
         )
         self.on_answer, self.on_barge_in, self.on_state = on_answer, on_barge_in, on_state
         self._vad = vad or VoiceActivityDetector()
-        self._machine = TurnTaker(min_barge_in_s=min_barge_in_s, clock=clock)
+        self._machine = TurnTaker(
+            min_barge_in_s=min_barge_in_s, early_transcript_s=early_transcript_s, clock=clock
+        )
         self._changed = threading.Condition(threading.RLock())
         self._answerer = _Answerer(speech, self._machine, self._changed, clock, self)
         self._mic = _Microphone()
@@ -510,16 +647,20 @@ class VoiceLoop:
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._machine.speech_started((base + event.sample) / SAMPLE_RATE, now)
+                actions.append(_WARM_UP)
             elif isinstance(event, SpeechEnded):
                 start, end = (base + event.start) / SAMPLE_RATE, (base + event.end) / SAMPLE_RATE
                 actions.append(self._machine.speech_ended(start, end, now))
         if self._vad.speaking:
             voiced = (base + self._vad.voiced_until) / SAMPLE_RATE
             actions.append(self._machine.speech_continues(voiced, now))
+            paused = self._vad.silent_from
+            if paused is not None:
+                actions.append(self._machine.speech_paused((base + paused) / SAMPLE_RATE, now))
         work = []
         for action in filter(None, actions):
             wav = b""
-            if isinstance(action, EndOfTurn):
+            if isinstance(action, EndOfTurn | TranscribeEarly):  # the same rule: the same bytes
                 first, last = action.start - PRE_ROLL, action.end + TAIL
                 wav = self._mic.wav(round(first * SAMPLE_RATE), round(last * SAMPLE_RATE))
             work.append((action, wav))
@@ -530,12 +671,7 @@ class VoiceLoop:
 
     def _act(self, work: list[tuple[Any, bytes]]) -> None:
         for action, wav in work:
-            if isinstance(action, EndOfTurn):
-                self._answerer.start_reply(action.metrics, wav)
-            elif isinstance(action, CancelReply):
-                self._answerer.cancel_replies(action.cancelled)
-            elif isinstance(action, BargeIn):
-                self._answerer.barge_in(action.interrupted)
+            self._answerer.act(action, wav)
         self._emit_state()
 
     # --- barge-in and the page's news ------------------------------------------------------
@@ -604,6 +740,7 @@ class VoiceLoop:
         """Stop listening: drop a reply in the works and cut an answer being spoken."""
         with self._changed:
             self._closed = True
+        self._answerer.early.cancel()
         self._answerer.cancel_replies()
         self.interrupt()
 

@@ -214,8 +214,10 @@ def test_voice_agent_notebook_hears_a_spoken_question_and_answers_it(
     notebook = execute("04_voice_agent.ipynb", tmp_path, monkeypatch, local_server)
     assert_no_errors(notebook)
     question = assert_wav_speech(tmp_path / "question.wav", QUESTION)
-    # Each hear() sent the whole question (and no more than its margins) to recognition.
-    assert len(heard) == 2 and all(question - 1.0 < s < question + 1.0 for s in heard), heard
+    # Each hear() sent the whole question (and no more than its margins) to recognition,
+    # once; any other request was an early transcript of a pause inside it (shorter).
+    whole = [s for s in heard if question - 1.0 < s < question + 1.0]
+    assert len(whole) == 2 and all(s < question + 1.0 for s in heard), heard
     text = stdout(notebook)
     said = re.search(r"^you said:   (.*)$", text, re.M)
     assert said is not None, text

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from fish_notebook.errors import ValidationError
-from fish_notebook.turns import BargeIn, CancelReply, EndOfTurn, TurnMetrics, TurnTaker
+from fish_notebook.turns import (
+    DEFAULT_EARLY_TRANSCRIPT,
+    BargeIn,
+    CancelReply,
+    EndOfTurn,
+    TranscribeEarly,
+    TurnMetrics,
+    TurnTaker,
+)
 
 
 class Clock:
@@ -70,6 +78,7 @@ def test_a_turn_goes_round_with_its_metrics(clock: Clock) -> None:
         expected[f"{name}_s"] = pytest.approx(total)
     assert latencies == {
         "turn_end_s": pytest.approx(0.6),
+        "recognized_s": pytest.approx(0.9),  # told with the transcript: recognized then
         **expected,
         "first_sample_s": pytest.approx(1.4),
         "barge_in_to_silence_s": None,
@@ -164,3 +173,52 @@ def test_nothing_pending_while_listening_or_answering_quietly(clock: Clock) -> N
     assert machine.speech_from is None
     machine.reset()
     assert machine.state == "listening" and machine.current is None
+
+
+def test_a_pause_is_transcribed_early_once_and_the_end_of_turn_covers_the_same_audio(
+    clock: Clock,
+) -> None:
+    machine = TurnTaker(clock=clock)
+    assert machine.early_transcript_s == DEFAULT_EARLY_TRANSCRIPT == 0.2
+    assert machine.speech_paused(3.0, now=3.5) is None  # nobody is speaking
+    machine.speech_started(1.0, now=1.2)
+    assert machine.speech_paused(3.0, now=3.1) is None  # 0.1 s of silence: not yet
+    early = machine.speech_paused(3.0, now=3.2)
+    assert early == TranscribeEarly(1.0, 3.0, machine.current)  # type: ignore[arg-type]
+    assert machine.speech_paused(3.0, now=3.3) is None  # once for each pause
+    clock.advance(2.6)
+    end = machine.speech_ended(1.0, 3.0, now=3.6)
+    assert isinstance(end, EndOfTurn) and (end.start, end.end, end.metrics) == (
+        early.start,
+        early.end,
+        early.metrics,
+    )
+    # When it was recognized and when the turn had it are both kept.
+    assert machine.transcribed(end.metrics, "Hello.", recognized=clock.now - 0.1)
+    assert end.metrics.recognized == pytest.approx(clock.now - 0.1)
+    assert end.metrics.transcript == clock.now
+    assert machine.speech_paused(3.0, now=4.0) is None  # answering: no user turn to transcribe
+
+
+def test_speech_after_a_pause_makes_a_new_early_transcript_of_more_audio(clock: Clock) -> None:
+    machine = TurnTaker(clock=clock)
+    machine.speech_started(1.0, now=1.2)
+    first = machine.speech_paused(2.0, now=2.3)
+    assert isinstance(first, TranscribeEarly) and first.end == 2.0
+    # The user speaks on (the detector's silence is over); the next pause is another one.
+    second = machine.speech_paused(3.5, now=3.7)
+    assert isinstance(second, TranscribeEarly) and (second.start, second.end) == (1.0, 3.5)
+    end = machine.speech_ended(1.0, 3.5, now=4.1)
+    assert isinstance(end, EndOfTurn) and end.end == second.end != first.end
+
+
+def test_early_transcripts_can_be_turned_off_or_moved(clock: Clock) -> None:
+    off = TurnTaker(early_transcript_s=None, clock=clock)
+    off.speech_started(1.0, now=1.2)
+    assert off.speech_paused(2.0, now=9.0) is None
+    later = TurnTaker(early_transcript_s=0.5, clock=clock)
+    later.speech_started(1.0, now=1.2)
+    assert later.speech_paused(2.0, now=2.4) is None
+    assert isinstance(later.speech_paused(2.0, now=2.5), TranscribeEarly)
+    with pytest.raises(ValidationError, match="early_transcript_s"):
+        TurnTaker(early_transcript_s=-1)

@@ -251,3 +251,26 @@ def stream_open(vad: VoiceActivityDetector, samples: np.ndarray) -> list[VadEven
     return [
         e for start in range(0, len(data), FRAME) for e in vad.feed(data[start : start + FRAME])
     ]
+
+
+def test_silent_from_is_where_the_turn_will_end_if_no_speech_comes(speech: np.ndarray) -> None:
+    """During the pause that ends a turn, silent_from is already the end that SpeechEnded
+    reports; speech that resumes clears it, and the turn's end moves past that speech."""
+    vad = VoiceActivityDetector()
+    lead = silence(0.5)
+    assert vad.silent_from is None
+    stream_open(vad, np.concatenate([lead, speech, silence(DEFAULT_SILENCE / 2)]))
+    paused = vad.silent_from
+    assert paused is not None and vad.speaking
+    assert len(lead) + audible(speech)[1] - WINDOW <= paused <= vad.samples - 4 * WINDOW
+    ended = stream_open(vad, silence(DEFAULT_SILENCE))
+    assert isinstance(ended[0], SpeechEnded) and ended[0].end == paused
+    assert vad.silent_from is None and not vad.speaking
+
+    vad.reset()
+    stream_open(vad, np.concatenate([lead, speech, silence(DEFAULT_SILENCE / 2)]))
+    first_pause = vad.silent_from
+    assert first_pause is not None
+    stream_open(vad, speech)  # the user goes on: that pause was not the end
+    ended = stream_open(vad, silence(2 * DEFAULT_SILENCE))
+    assert isinstance(ended[0], SpeechEnded) and ended[0].end > first_pause + len(speech) // 2

@@ -26,7 +26,7 @@ from fish_notebook.agents import (
     llm_agent,
 )
 from fish_notebook.audio import wav_bytes
-from fish_notebook.errors import AuthenticationError
+from fish_notebook.errors import AuthenticationError, ValidationError
 from fish_notebook.local.engine import VoiceLibrary
 from fish_notebook.local.server import ThreadedServer
 from fish_notebook.protocol import FlushEvent
@@ -133,22 +133,127 @@ def test_a_spoken_question_is_answered_in_speech(
     ]
 
 
+def sent_audio(request: Any) -> bytes:
+    """The PCM of the WAV a speech recognition request sent (16 kHz 16-bit mono)."""
+    with wave.open(io.BytesIO(request.body["audio"])) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16_000, 1, 2)
+        return w.readframes(w.getnframes())
+
+
 def test_the_utterance_sent_to_speech_recognition_covers_the_speech(
     make_loop: Callable[..., VoiceLoop], cloud: CloudDouble, question_wav: Path
 ) -> None:
-    make_loop().hear(question_wav)
-    (request,) = asr_requests(cloud)
-    assert request.body["ignore_timestamps"] is False and "language" not in request.body
-    with wave.open(io.BytesIO(request.body["audio"])) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16_000, 1, 2)
-        sent = w.readframes(w.getnframes())
+    turn = make_loop().hear(question_wav)
+    assert turn is not None and turn.early_transcript  # asked for in the last pause
+    *_, request = asr_requests(cloud)  # any earlier one: a pause between the sentences
+    assert request.body["ignore_timestamps"] is True and "language" not in request.body
+    sent = sent_audio(request)
     microphone = microphone_pcm(question_wav)
+    for each in asr_requests(cloud):
+        at = microphone.find(sent_audio(each))
+        assert at >= 0 and at % 2 == 0, "the utterance is a slice of what the microphone heard"
     at = microphone.find(sent)
-    assert at >= 0 and at % 2 == 0, "the utterance is a slice of what the microphone heard"
     loud = np.nonzero(np.abs(np.frombuffer(microphone, "<i2").astype("i4")) > AUDIBLE)[0]
     first, last = at // 2, at // 2 + len(sent) // 2
     assert first <= loud[0] and last >= loud[-1]
     assert len(sent) // 2 <= loud[-1] - loud[0] + (PRE_ROLL + TAIL + 0.2) * 16_000
+
+
+FIRST_PART, SECOND_PART = "What is the capital of France?", "Tell me in one short sentence."
+
+
+def spoken_pcm(text: str) -> bytes:
+    """``text`` spoken by Piper, as the microphone sends it (16 kHz 16-bit mono), from its
+    first to its last audible sample (Piper's own silences around it cut off)."""
+    chunks = list(VoiceLibrary().default().synthesize(text))
+    pcm = microphone_pcm(wav_bytes(b"".join(c.pcm for c in chunks), chunks[0].sample_rate))
+    loud = np.nonzero(np.abs(np.frombuffer(pcm, "<i2").astype("i4")) > AUDIBLE)[0]
+    return pcm[2 * loud[0] : 2 * (loud[-1] + 1)]
+
+
+def quiet(seconds: float) -> bytes:
+    return bytes(2 * round(seconds * 16_000))
+
+
+@pytest.fixture(scope="module")
+def resumed() -> tuple[bytes, int]:
+    """Two sentences with a 0.4 s pause between them (more than the early transcript's 0.2 s,
+    less than the 0.6 s that ends a turn), then silence; and where the second begins
+    (bytes)."""
+    first = quiet(0.3) + spoken_pcm(FIRST_PART) + quiet(0.4)
+    return first + spoken_pcm(SECOND_PART) + quiet(1.5), len(first)
+
+
+def feed_pcm(loop: VoiceLoop, pcm: bytes) -> None:
+    for at in range(0, len(pcm), FRAME_BYTES):
+        loop.feed(pcm[at : at + FRAME_BYTES])
+    loop.finish()
+    loop.wait(90)
+
+
+def test_the_transcript_asked_for_in_the_pause_that_ends_the_turn_is_used(
+    make_loop: Callable[..., VoiceLoop], cloud: CloudDouble, question_wav: Path
+) -> None:
+    turn = make_loop().hear(question_wav)
+    assert turn is not None and turn.early_transcript and turn.user == QUESTION
+    *_, used = asr_requests(cloud)
+    utterance = sent_audio(used)
+    # Asked for once: the end of the turn took the early answer, it did not ask again.
+    assert [sent_audio(r) for r in asr_requests(cloud)].count(utterance) == 1
+    m = turn.metrics
+    assert m.recognized is not None and m.transcript is not None
+    assert m.recognized <= m.transcript and m.turn_end is not None and m.turn_end <= m.transcript
+
+
+def test_an_early_transcript_is_dropped_when_the_user_speaks_on(
+    make_loop: Callable[..., VoiceLoop], cloud: CloudDouble, resumed: tuple[bytes, int]
+) -> None:
+    pcm, second = resumed
+    loop = make_loop()
+    feed_pcm(loop, pcm)
+    (turn,) = loop.turns
+    assert turn.early_transcript and turn.error is None
+    ends = []  # where each request's audio ends in the microphone's stream (bytes)
+    for request in asr_requests(cloud):
+        audio = sent_audio(request)
+        at = pcm.find(audio)
+        assert at >= 0
+        ends.append(at + len(audio))
+    # One was asked for in the pause after the first sentence, without the second ...
+    assert any(end <= second for end in ends)
+    # ... and the turn's, in the pause that ended it, holds both; asked for once.
+    *_, used = asr_requests(cloud)
+    assert ends[-1] > second + len(spoken_pcm(SECOND_PART)) // 2
+    assert [sent_audio(r) for r in asr_requests(cloud)].count(sent_audio(used)) == 1
+
+
+def test_without_early_transcripts_only_the_end_of_the_turn_asks(
+    make_loop: Callable[..., VoiceLoop], cloud: CloudDouble, resumed: tuple[bytes, int]
+) -> None:
+    pcm, second = resumed
+    loop = make_loop(early_transcript_s=None)
+    feed_pcm(loop, pcm)
+    (turn,) = loop.turns
+    assert not turn.early_transcript and turn.error is None
+    (request,) = asr_requests(cloud)
+    audio = sent_audio(request)
+    assert pcm.find(audio) + len(audio) > second
+    with pytest.raises(ValidationError, match="early_transcript_s"):
+        make_loop(early_transcript_s=0.1)  # shorter than the tail the utterance keeps
+
+
+def test_whisper_hears_the_whole_turn_after_a_dropped_early_transcript(
+    local_server: ThreadedServer, resumed: tuple[bytes, int]
+) -> None:
+    """Speech recognition on the embedded server (Whisper): the transcript made in the
+    pause between the sentences is not the turn's; the turn's has both sentences."""
+    pcm, _ = resumed
+    with VoiceLoop(EchoAgent(), base_url=local_server.url) as loop:
+        feed_pcm(loop, pcm)
+        (turn,) = loop.turns
+    assert turn.error is None and turn.early_transcript
+    heard = [w.strip(".,?!").lower() for w in turn.user.split()]
+    assert "france" in heard and "sentence" in heard, turn.user
 
 
 def test_the_metrics_of_a_turn_are_in_order(
@@ -316,7 +421,7 @@ def test_an_empty_transcript_makes_no_turn(
     make_loop: Callable[..., VoiceLoop], cloud: CloudDouble, question_wav: Path
 ) -> None:
     cloud.script.transcript = {"text": " ", "duration": 4.0, "segments": []}
-    loop = make_loop()
+    loop = make_loop(early_transcript_s=None)  # one request for the turn, none in its pauses
     assert loop.hear(question_wav) is None
     assert len(asr_requests(cloud)) == 1 and loop.turns == [] and loop.state == "listening"
 
@@ -357,6 +462,35 @@ def test_the_default_agent_is_honest_without_a_language_model(
     assert first.startswith(EchoAgent.introduction) and first.endswith("You said: Hello there.")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     assert getattr(default_agent(), "name", "").startswith("LLM ")
+
+
+async def answer_events(source: Any) -> list[str | FlushEvent]:
+    return [event async for event in AgentAnswer(lambda messages: source, []).stream()]
+
+
+async def test_the_first_clause_of_an_answer_is_flushed_on_its_own() -> None:
+    """A short first piece for the voice: cut after the first clause of two words or more,
+    wherever the tokens split, when it ends before the first sentence; never a word lost."""
+    whole = "You said: What is the capital of France? Tell me."
+    assert await answer_events(whole) == [
+        "You said:",
+        FlushEvent(),
+        " What is the capital of France? Tell me.",
+    ]
+    tokens = await answer_events(iter(llm_tokens("In short, Paris is. It is big.")))
+    assert tokens.index(FlushEvent()) == tokens.index(" Paris") - 1  # right after "short,"
+    assert "".join(t for t in tokens if isinstance(t, str)) == "In short, Paris is. It is big."
+    # A lone word before the comma, or a sentence first: only the sentence flushes.
+    for text in ("Sure, Paris is. It is big.", "Yes. Paris, of course, is. It is."):
+        events = await answer_events(iter(llm_tokens(text)))
+        flush = events.index(FlushEvent())
+        assert "".join(e for e in events[:flush] if isinstance(e, str)).endswith(".")
+    # The agent's own flush comes first: nothing is added.
+    assert await answer_events(iter(["Well, then:", FlushEvent(), " go on, please."])) == [
+        "Well, then:",
+        FlushEvent(),
+        " go on, please.",
+    ]
 
 
 async def test_an_answer_stream_reports_its_first_token_and_closes_its_source() -> None:

@@ -342,7 +342,9 @@ class Transcriber:
     cache, or fetched when ``allow_download`` is true (that needs the network).
     ``beam_size`` 1 is greedy decoding, the quickest; 5 is Whisper's usual, a little more
     accurate for 5-15 % more CPU (docs/LISTENING.md). ``cpu_threads`` defaults to the cores
-    this process may use.
+    this process may use. ``solo_threads`` (default ``cpu_threads``) are the threads of a
+    run that has the machine to itself (``recognize(..., alone=True)``): another model
+    instance with that many threads, loaded on the first such run (about 90 MB for tiny.en).
     """
 
     def __init__(
@@ -352,6 +354,7 @@ class Transcriber:
         allow_download: bool = False,
         beam_size: int = 1,
         cpu_threads: int | None = None,
+        solo_threads: int | None = None,
         max_seconds: float = MAX_AUDIO_SECONDS,
         max_bytes: int = MAX_AUDIO_BYTES,
     ) -> None:
@@ -360,6 +363,8 @@ class Transcriber:
         _positive("max_bytes", max_bytes, integer=True)
         threads = usable_cores() if cpu_threads is None else cpu_threads
         _positive("cpu_threads", threads, integer=True, upper=256)
+        solo = threads if solo_threads is None else solo_threads
+        _positive("solo_threads", solo, integer=True, upper=256)
         if model is None:
             directory: Path | None = packaged_model_dir()
             self._source = str(directory)
@@ -372,19 +377,26 @@ class Transcriber:
         self.allow_download = allow_download
         self.beam_size = beam_size
         self.cpu_threads = threads
+        self.solo_threads = solo
         self.max_seconds = float(max_seconds)
         self.max_bytes = max_bytes
-        self._model: Any = None
+        self._models: dict[int, Any] = {}  # threads -> WhisperModel
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        state = "loaded" if self._model is not None else "not loaded"
+        state = "loaded" if self._models else "not loaded"
         return f"Transcriber({self.model_name!r}, {state})"
 
     @property
     def loaded(self) -> bool:
-        """True once the model is in memory."""
-        return self._model is not None
+        """True once a model is in memory."""
+        return bool(self._models)
+
+    @property
+    def loaded_threads(self) -> tuple[int, ...]:
+        """The thread counts of the model instances in memory (``cpu_threads``, and
+        ``solo_threads`` once a run alone needed it), smallest first."""
+        return tuple(sorted(self._models))
 
     def load(self) -> None:
         """Load the model now instead of on the first :meth:`transcribe`. Safe to call twice."""
@@ -395,22 +407,24 @@ class Transcriber:
         """Language codes the model transcribes (``["en"]`` for an English-only model)."""
         return list(self._whisper().supported_languages)
 
-    def _whisper(self) -> Any:
-        if self._model is None:
+    def _whisper(self, alone: bool = False) -> Any:
+        threads = self.solo_threads if alone else self.cpu_threads
+        model = self._models.get(threads)
+        if model is None:
             with self._lock:
-                if self._model is None:
-                    self._model = _load(
-                        self._source, self._is_dir, self.allow_download, self.cpu_threads
-                    )
-        return self._model
+                model = self._models.get(threads)
+                if model is None:
+                    model = _load(self._source, self._is_dir, self.allow_download, threads)
+                    self._models[threads] = model
+        return model
 
-    def _language(self, language: str | None) -> str | None:
+    def _language(self, language: str | None, model: Any) -> str | None:
         if language is None:
             return None
         if not isinstance(language, str) or not language.strip():
             raise ValidationError("language", language, "must be a language code or None")
         code = language.strip().lower().replace("_", "-").split("-")[0]  # "en-US" -> "en"
-        supported = self.languages
+        supported = list(model.supported_languages)
         if code not in supported:
             if supported == ["en"]:
                 allowed = f"{self.model_name} is English-only: pass None or 'en'"
@@ -442,12 +456,19 @@ class Transcriber:
         return self.recognize(prepared, language, timestamps)
 
     def recognize(
-        self, prepared: PreparedAudio, language: str | None = None, timestamps: bool = True
+        self,
+        prepared: PreparedAudio,
+        language: str | None = None,
+        timestamps: bool = True,
+        *,
+        alone: bool = False,
     ) -> ASRResponse:
         """:meth:`transcribe` for audio already checked by :func:`prepare_audio`: the model
-        work alone (a server checks the upload first, then waits for a core)."""
-        code = self._language(language)
-        pieces, _info = self._whisper().transcribe(
+        work alone (a server checks the upload first, then waits for a core). ``alone``:
+        nothing else runs on the machine, the run may take ``solo_threads``."""
+        model = self._whisper(alone)
+        code = self._language(language, model)
+        pieces, _info = model.transcribe(
             prepared.samples,
             language=code,
             beam_size=self.beam_size,

