@@ -56,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from tornado.netutil import bind_sockets
@@ -68,7 +68,7 @@ from ..errors import ValidationError
 from ..protocol import LIVE_PATH, LIVE_TIMESTAMP_PATH
 from .asr import Transcriber
 from .connection import Connection
-from .engine import VoiceLibrary
+from .engine import Voice, VoiceLibrary
 from .http import Gate, HealthHandler, NotFoundHandler, VoicesHandler, log_access
 from .lingering import LingeringHTTPServer
 from .models import MODEL_PATH, ModelHandler, ModelsHandler
@@ -87,6 +87,14 @@ HEALTH_PATH = "/healthz"
 VOICES_PATH = "/v1/voices"
 #: Seconds that open sessions get to end when the server closes.
 SHUTDOWN_TIMEOUT = 10.0
+
+
+def _log_timed_voice_failure(loading: Future[Voice]) -> None:
+    # A session on the timestamp path loads it again and reports what goes wrong.
+    if not loading.cancelled() and loading.exception() is not None:
+        logger.warning("loading the timed voice ahead failed: %s", loading.exception())
+
+
 #: Keepalive pings (as websockets sends them): every 20 s, a pong due within 20 s.
 PING_INTERVAL = PING_TIMEOUT = 20.0
 
@@ -221,6 +229,7 @@ class LocalServer:
         self.gate = Gate(token)
         self.sessions = Admission(max_sessions)
         self._transcriber: Transcriber | None = None
+        self._timed_voice: Future[Voice] | None = None
         self._http: LingeringHTTPServer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = asyncio.Event()
@@ -253,6 +262,20 @@ class LocalServer:
         return SessionContext(
             self.voices, self._pool, self.idle_timeout, self.max_text, self.recorder
         )
+
+    @property
+    def timed_voice_warming(self) -> Future[Voice] | None:
+        """The load of the timed default voice :meth:`warm_timed_voice` started, if any."""
+        return self._timed_voice
+
+    def warm_timed_voice(self) -> None:
+        """Load the default voice with per-phoneme timing in the background, once: a socket
+        opened on the timestamp path will ask for it (1.5-2 s to load here), and a voice
+        loop opens its answer's socket as the user starts speaking, seconds before the
+        answer. Nothing to do when every voice is loaded with timing, or when stopped."""
+        if self._timed_voice is None and self._pool is not None and not self.voices.alignment:
+            self._timed_voice = self._pool.submit(self.voices.default, alignment=True)
+            self._timed_voice.add_done_callback(_log_timed_voice_failure)
 
     def transcriber(self) -> Transcriber:
         """The speech recogniser of ``POST /v1/asr``, made on first use; its model loads on

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ..protocol import ErrorEvent, FinishEvent, pack
+from ..protocol import LIVE_TIMESTAMP_PATH, ErrorEvent, FinishEvent, pack
 from .connection import ABNORMAL_CLOSURE, Disconnected
 from .session import LiveSession
 
@@ -255,6 +255,8 @@ class LiveSocketHandler(WebSocketHandler):
             await self._refuse(_concurrency_refusal(sessions.limit))
             return
         self.connection = TornadoConnection(self)
+        if self.request.path.rstrip("/") == LIVE_TIMESTAMP_PATH:
+            self.server.warm_timed_voice()  # its first session will need it
         sessions.run(self._serve(self.connection), self.connection)
 
     async def _refuse(self, refusal: ErrorEvent) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import Iterator, Sequence
@@ -491,3 +492,29 @@ async def test_timestamp_path_with_trailing_slash_and_bad_frames(
         out = await read_all(ws, 60)
     assert out.finish is not None and out.finish["reason"] == "error"
     assert re.search("text", out.finish.get("message", ""))
+
+
+async def test_a_socket_on_the_timestamp_path_loads_the_timed_voice_ahead() -> None:
+    """The timed voice starts loading when a socket opens on the timestamp path (a voice
+    loop opens one as the user starts speaking), not for a plain one, and only once."""
+    from fish_notebook.local import LocalServer
+
+    with LocalServer().run_in_thread() as running:
+        server = running.server
+        async with connect(running.url + LIVE, open_timeout=10) as ws:
+            for frame in (start(format="pcm"), text(SENTENCE), STOP):
+                await ws.send(frame)
+            assert (await read_all(ws)).finish is not None  # open() ran long ago
+        assert server.timed_voice_warming is None
+        async with connect(running.url + LIVE_TIMESTAMP_PATH, open_timeout=10):
+            for _ in range(1000):  # open() runs right after the handshake: a bounded look
+                if server.timed_voice_warming is not None:
+                    break
+                await asyncio.sleep(0.01)
+            loading = server.timed_voice_warming
+            assert loading is not None
+            voice = await asyncio.wrap_future(loading)
+            assert voice.has_alignment
+        async with connect(running.url + LIVE_TIMESTAMP_PATH, open_timeout=10):
+            pass
+        assert server.timed_voice_warming is loading
