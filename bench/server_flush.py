@@ -53,7 +53,9 @@ async def flush_to_first_audio_seconds(url: str, audio_format: str) -> float:
                 elapsed = time.perf_counter() - began
                 break
         await ws.send(msgpack.packb({"event": "stop"}))
-        async for _ in ws:  # drain to finish and close
+        # Drain to the session's finish: the socket then stays open for another session
+        # (the server closes it only after its idle timeout), so do not wait for a close.
+        while msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))["event"] != "finish":
             pass
     return elapsed
 

@@ -245,79 +245,82 @@ def interpolate(text: str, namespace: dict[str, Any]) -> str:
 # --- option parsing -------------------------------------------------------------------------
 
 
+#: The options shared by ``%%speak`` and ``%speak``: (names, argparse keywords).
+_SPEECH_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--voice",), {"metavar": "ID", "help": "the voice (reference_id)"}),
+    (("--model",), {"help": f"the TTS model header (default {DEFAULT_MODEL})"}),
+    (("--latency",), {"choices": LATENCY_MODES, "help": "how eagerly to start speaking"}),
+    (("--speed",), {"type": float, "help": "speaking rate, 0.5 to 2.0"}),
+    (("--volume",), {"type": float, "metavar": "DB", "help": "loudness, -20 to 20 dB"}),
+    (("--save",), {"metavar": "PATH", "help": "write the audio (.wav, .mp3, .vtt, .srt)"}),
+    (
+        ("--words",),
+        {"action": "store_true", "help": "word timings: the transcript lights up as heard"},
+    ),
+    (("--wait",), {"action": "store_true", "help": "block until the audio is complete"}),
+    (("--local",), {"action": "store_true", "help": "use the embedded local server"}),
+    (("--cloud",), {"action": "store_true", "help": "use Fish Audio (needs FISH_API_KEY)"}),
+    (("--url",), {"help": "use the server at this http(s)/ws(s) URL"}),
+    (("-o", "--output"), {"metavar": "NAME", "help": "store the Session in variable NAME"}),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no player"}),
+    (
+        ("--interrupt",),
+        {"action": "store_true", "help": "fade out whatever speaks in the page, speak now"},
+    ),
+    (
+        ("--overlap",),
+        {"action": "store_true", "help": "speak at once, over other speech (no queue)"},
+    ),
+    (("--text",), {"action": "store_true", "help": "the body is text (no detection)"}),
+    (("--raw",), {"action": "store_true", "help": "do not fill in {expressions}"}),
+    (("--gen",), {"action": "store_true", "help": "the body is Python giving tokens"}),
+    (
+        ("--dialogue",),
+        {
+            "action": "store_true",
+            "help": "the body is a dialogue: 'Name: line' lines, one voice per speaker "
+            "(S2 models); a blank line or -- is a flush point",
+        },
+    ),
+    (
+        ("--voices",),
+        {
+            "metavar": "MAP",
+            "help": "with --dialogue: the speakers' voices, alice=ID,bob=ID "
+            "(others get --voice or the default)",
+        },
+    ),
+    (("--llm",), {"action": "store_true", "help": "the body is a prompt for an LLM"}),
+    (
+        ("--speak-markup",),
+        {
+            "action": "store_true",
+            "help": "read markdown as written: by default an --llm answer is read as "
+            "speech (no asterisks or hashes, a code block as a short note, URLs as "
+            "their host; the transcript shows what was skipped, greyed)",
+        },
+    ),
+    (
+        ("--chat",),
+        {
+            "action": "store_true",
+            "help": "with --llm: the model sees the earlier --chat turns of this kernel "
+            "(what was heard of its answers); %speak_config --reset-chat forgets them",
+        },
+    ),
+    (
+        ("--llm-model",),
+        {"metavar": "NAME", "help": f"the LLM (default {DEFAULT_LLM_MODEL})"},
+    ),
+    (("--system",), {"help": "a system message for the LLM"}),
+    (("--llm-url",), {"metavar": "URL", "help": "the LLM server (default OPENAI_BASE_URL)"}),
+    (("--llm-key",), {"metavar": "KEY", "help": "the LLM key (default OPENAI_API_KEY)"}),
+]
+
+
 def _speech_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options shared by ``%%speak`` and ``%speak``."""
-    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-        (("--voice",), {"metavar": "ID", "help": "the voice (reference_id)"}),
-        (("--model",), {"help": f"the TTS model header (default {DEFAULT_MODEL})"}),
-        (("--latency",), {"choices": LATENCY_MODES, "help": "how eagerly to start speaking"}),
-        (("--speed",), {"type": float, "help": "speaking rate, 0.5 to 2.0"}),
-        (("--volume",), {"type": float, "metavar": "DB", "help": "loudness, -20 to 20 dB"}),
-        (("--save",), {"metavar": "PATH", "help": "write the audio (.wav, .mp3, .vtt, .srt)"}),
-        (
-            ("--words",),
-            {"action": "store_true", "help": "word timings: the transcript lights up as heard"},
-        ),
-        (("--wait",), {"action": "store_true", "help": "block until the audio is complete"}),
-        (("--local",), {"action": "store_true", "help": "use the embedded local server"}),
-        (("--cloud",), {"action": "store_true", "help": "use Fish Audio (needs FISH_API_KEY)"}),
-        (("--url",), {"help": "use the server at this http(s)/ws(s) URL"}),
-        (("-o", "--output"), {"metavar": "NAME", "help": "store the Session in variable NAME"}),
-        (("-q", "--quiet"), {"action": "store_true", "help": "no player"}),
-        (
-            ("--interrupt",),
-            {"action": "store_true", "help": "fade out whatever speaks in the page, speak now"},
-        ),
-        (
-            ("--overlap",),
-            {"action": "store_true", "help": "speak at once, over other speech (no queue)"},
-        ),
-        (("--text",), {"action": "store_true", "help": "the body is text (no detection)"}),
-        (("--raw",), {"action": "store_true", "help": "do not fill in {expressions}"}),
-        (("--gen",), {"action": "store_true", "help": "the body is Python giving tokens"}),
-        (
-            ("--dialogue",),
-            {
-                "action": "store_true",
-                "help": "the body is a dialogue: 'Name: line' lines, one voice per speaker "
-                "(S2 models); a blank line or -- is a flush point",
-            },
-        ),
-        (
-            ("--voices",),
-            {
-                "metavar": "MAP",
-                "help": "with --dialogue: the speakers' voices, alice=ID,bob=ID "
-                "(others get --voice or the default)",
-            },
-        ),
-        (("--llm",), {"action": "store_true", "help": "the body is a prompt for an LLM"}),
-        (
-            ("--speak-markup",),
-            {
-                "action": "store_true",
-                "help": "read markdown as written: by default an --llm answer is read as "
-                "speech (no asterisks or hashes, a code block as a short note, URLs as "
-                "their host; the transcript shows what was skipped, greyed)",
-            },
-        ),
-        (
-            ("--chat",),
-            {
-                "action": "store_true",
-                "help": "with --llm: the model sees the earlier --chat turns of this kernel "
-                "(what was heard of its answers); %speak_config --reset-chat forgets them",
-            },
-        ),
-        (
-            ("--llm-model",),
-            {"metavar": "NAME", "help": f"the LLM (default {DEFAULT_LLM_MODEL})"},
-        ),
-        (("--system",), {"help": "a system message for the LLM"}),
-        (("--llm-url",), {"metavar": "URL", "help": "the LLM server (default OPENAI_BASE_URL)"}),
-        (("--llm-key",), {"metavar": "KEY", "help": "the LLM key (default OPENAI_API_KEY)"}),
-    ]
-    for names, kwargs in reversed(options):
+    """Give ``func`` the options shared by ``%%speak`` and ``%speak``."""
+    for names, kwargs in reversed(_SPEECH_OPTIONS):
         func = argument(*names, **kwargs)(func)
     return func
 
