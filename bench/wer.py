@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 from fish_notebook.audio import wav_bytes
 from fish_notebook.client import AsyncRealtimeClient, build_request
 from fish_notebook.session import Session
+from tests.helpers import spoken_words, word_errors
 
 from .common import Row, apaced_at, now, paced_at
 
@@ -52,27 +52,9 @@ CLI_TIMEOUT = 120.0
 Speaker = Callable[[str], bytes]  # text -> a WAV file
 
 
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def word_errors(reference: str, hypothesis: str) -> int:
-    """Word-level Levenshtein distance (lowercase, punctuation dropped)."""
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        current = [i]
-        for j, other in enumerate(hyp, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other))
-            )
-        previous = current
-    return previous[-1]
-
-
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Word errors / reference words."""
-    return word_errors(reference, hypothesis) / max(1, len(words(reference)))
+    return word_errors(reference, hypothesis) / max(1, len(spoken_words(reference)))
 
 
 # --- the four ways to speak a text -------------------------------------------------------------
@@ -147,7 +129,7 @@ def wer_rows(url: str, passes: int) -> list[Row]:
         "raw": raw_piper,
     }
     names = list(speakers)
-    total = sum(len(words(text)) for text in TEXTS)
+    total = sum(len(spoken_words(text)) for text in TEXTS)
     errors: dict[str, list[int]] = {name: [] for name in names}  # one total per pass
     heard: dict[str, list[str]] = {name: [] for name in names}
     for pass_ in range(passes):

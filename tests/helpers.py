@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -91,3 +92,19 @@ def close_warm_sockets() -> None:
         await socket_pool().aclose()
 
     _loop.run_sync(close(), 10)
+
+
+def spoken_words(text: str) -> list[str]:
+    """``text``'s words, lower case, without punctuation: what speech recognition is held to."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_errors(reference: str, heard: str) -> int:
+    """Word-level edit distance between ``reference`` and ``heard`` (:func:`spoken_words`)."""
+    ref, hyp = spoken_words(reference), spoken_words(heard)
+    row = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, 1):
+        previous, row = row, [i]
+        for j, other in enumerate(hyp, 1):
+            row.append(min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (word != other)))
+    return row[-1]

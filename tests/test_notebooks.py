@@ -25,6 +25,7 @@ import pytest
 from fish_notebook.agents import EchoAgent
 from fish_notebook.audio import pcm_duration, pcm_rms
 from fish_notebook.local.server import ThreadedServer
+from tests.helpers import spoken_words
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -191,11 +192,6 @@ def test_flush_notebook_draws_the_timeline_and_flush_speeds_up_normal_mode(
 QUESTION = "What is the capital of France? Tell me in one short sentence."
 
 
-def words(text: str) -> list[str]:
-    """``text``'s words, lower case, without punctuation: what recognition is held to."""
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
 def test_voice_agent_notebook_hears_a_spoken_question_and_answers_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_server: ThreadedServer
 ) -> None:
@@ -221,7 +217,7 @@ def test_voice_agent_notebook_hears_a_spoken_question_and_answers_it(
     text = stdout(notebook)
     said = re.search(r"^you said:   (.*)$", text, re.M)
     assert said is not None, text
-    assert words(said[1]) == words(QUESTION)
+    assert spoken_words(said[1]) == spoken_words(QUESTION)
     echo = f"{EchoAgent.introduction} You said: {said[1]}"
     assert f"answer:     {echo}" in text and f"heard:      {echo}" in text
     assert f"agent:      {EchoAgent.name}" in text
@@ -230,7 +226,7 @@ def test_voice_agent_notebook_hears_a_spoken_question_and_answers_it(
     assert f"assistant: {echo}" in text
     answered = r"^(.*) -> Paris is the capital of France\. It stands on the Seine\.$"
     geography = re.search(answered, text, re.M)
-    assert geography is not None and words(geography[1]) == words(QUESTION), text
+    assert geography is not None and spoken_words(geography[1]) == spoken_words(QUESTION), text
     views = [
         o
         for o in outputs(notebook)

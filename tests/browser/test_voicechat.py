@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import pytest
 
 from fish_notebook.audio import wav_bytes
 
+from ..helpers import spoken_words
 from .conftest import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
@@ -120,11 +120,6 @@ def chat_cell(
         f"chat = VoiceChat(agent, listen={listen}, mode={mode!r}, on_error=errors.append)\n"
         "chat"
     )
-
-
-def words(text: str) -> list[str]:
-    """``text``'s words, lower case, without punctuation: what recognition is held to."""
-    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def panel_stats(notebook: NotebookPage) -> dict[str, Any]:
@@ -232,7 +227,7 @@ def test_a_spoken_question_goes_round_the_whole_loop(
             " session=chat.turns[0].session.state)"
         )
 
-        assert words(turn["user"]) == words(QUESTION) and turn["errors"] == []
+        assert spoken_words(turn["user"]) == spoken_words(QUESTION) and turn["errors"] == []
         assert turn["answer"] == SHORT_ANSWER and turn["heard"] == SHORT_ANSWER
         assert not turn["interrupted"] and turn["session"] == "finished"
         assert stats["scheduled_seqs"] == list(range(stats["chunk_count"]))
@@ -299,8 +294,10 @@ def test_talking_over_the_answer_silences_it_in_the_page(
         notebook.wait_kernel("len(chat.turns) >= 2 and chat.turns[1].session is not None", True)
         # Chromium's echo canceller may damp the first word said over the answer (double
         # talk): the words heard are the interruption's, from its first or a later word.
-        heard_next = words(notebook.kernel_json("chat.turns[1].user"))
-        assert "berlin" in heard_next and words(INTERRUPTION)[-len(heard_next) :] == heard_next
+        heard_next = spoken_words(notebook.kernel_json("chat.turns[1].user"))
+        assert (
+            "berlin" in heard_next and spoken_words(INTERRUPTION)[-len(heard_next) :] == heard_next
+        )
         # Each utterance reached speech recognition whole, the interruption from its onset.
         seconds = utterance_seconds(notebook)
         assert len(seconds) == 2 and 2.5 < seconds[0] < 6.0 and 1.5 < seconds[1] < 5.0, seconds

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import socket
 import struct
@@ -36,6 +35,7 @@ from fish_notebook.local import LocalServer, ThreadedServer
 from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.local.engine import VoiceLibrary, default_voice_files
 from fish_notebook.local.transcription import ASR_SOLO_THREADS, MAX_BODY
+from tests.helpers import word_errors
 
 HUMAN_WAV = Path("/usr/share/codec2/wav/hts1a.wav")
 HUMAN_TEXT = "The Navy attacked the big task force."
@@ -44,21 +44,6 @@ PIPER_TEXT = "The quick brown fox jumps over the lazy dog."
 TOKEN = "asr-test-token"
 MSGPACK = {"Content-Type": "application/msgpack"}
 STEADY = "steady"
-
-
-def words(value: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", value.lower())
-
-
-def word_errors(reference: str, heard: str) -> int:
-    """Word-level edit distance."""
-    ref, hyp = words(reference), words(heard)
-    row = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        previous, row = row, [i]
-        for j, other in enumerate(hyp, 1):
-            row.append(min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (word != other)))
-    return row[-1]
 
 
 def wav_header(rate: int, channels: int, bits: int, data: int, riff: int | None = None) -> bytes:
