@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _loop, endpoints
+from ._checks import check_number
 from .agents import Agent, AgentAnswer, Messages, agent_name, default_agent
 from .audio import WavStreamParser, wav_bytes
 from .client import build_request
@@ -250,13 +251,6 @@ def _asr_options(
         "timeout": timeout,
         "timestamps": False,
     }
-
-
-def _check_early_transcript(seconds: float | None) -> None:
-    number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
-    if seconds is not None and not (number and TAIL <= seconds <= 10):
-        why = f"must be seconds in {TAIL:g}..10 (the utterance's tail must be heard), or None"
-        raise ValidationError("early_transcript_s", seconds, why)
 
 
 def _log_warm_failure(future: concurrent.futures.Future[Any]) -> None:
@@ -565,7 +559,8 @@ class VoiceLoop:
         speech_at, asr_at = (base_url, api_key, backend), (asr_base_url, asr_api_key, asr_backend)
         asr = _asr_options(speech_at, asr_at, language, asr_timeout)
         endpoints.plan(asr["base_url"], asr["api_key"], asr["backend"])  # fail early
-        _check_early_transcript(early_transcript_s)
+        if early_transcript_s is not None:  # no shorter than the tail the utterance keeps
+            check_number("early_transcript_s", early_transcript_s, TAIL, 10)
         speech = _Speech(
             agent=agent if agent is not None else default_agent(),
             system=system,
