@@ -170,22 +170,38 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def drain_watching(child: subprocess.Popen[bytes], built: threading.Event) -> None:
+    """Read the child's log to its end (a full pipe would stall it); set ``built`` when the
+    voice's one-thread session is built, or failed to be."""
+    assert child.stderr is not None
+    for raw in child.stderr:
+        if b"one-thread session" in raw:
+            built.set()
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
 def test_child_server_under_load_keeps_its_fds_and_serves_on() -> None:
     """A child server (CLI defaults) takes two waves of 50, keeps its fd count, and serves
     a normal session afterwards. Its RSS is printed, not judged (see the module docstring)."""
     command = [sys.executable, "-m", "fish_notebook.local", "--port", "0", "--exit-with-parent"]
     child = subprocess.Popen(
-        [*command, "--log-level", "ERROR"],
+        [*command, "--log-level", "INFO"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    drain: threading.Thread | None = None
     try:
         assert child.stdout is not None
         line = child.stdout.readline().decode()
         assert line.startswith(READY_PREFIX), line
         url = line[len(READY_PREFIX) :].strip()
+        # The server serves before its voice's one-thread session is built (in the background,
+        # files open meanwhile): count its fds once that is over.
+        built = threading.Event()
+        drain = threading.Thread(target=drain_watching, args=(child, built), daemon=True)
+        drain.start()
+        assert built.wait(120), "the voice's one-thread session was never built"
         fds, rss, refusals = open_fds(child.pid), [rss_mib(child.pid)], []
         for _ in range(2):
             refusals += check_wave(asyncio.run(wave(url)))
@@ -201,6 +217,9 @@ def test_child_server_under_load_keeps_its_fds_and_serves_on() -> None:
         assert child.poll() is None
     finally:
         child.kill()
+        child.wait(timeout=30)
+        if drain is not None:
+            drain.join(timeout=30)  # at the log's end: communicate() is its only reader now
         child.communicate(timeout=30)
 
 
