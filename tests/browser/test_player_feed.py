@@ -116,8 +116,16 @@ def test_gapless_scheduling_at_2x_1x_and_half_speed_through_a_blocking_cell(
         # A gap only ever comes with a counted underrun.
         assert sum(1 for gap in stats["gaps"] if gap > 0) == stats["underruns"]
         assert stats["audio_s"] == pytest.approx(n * 0.1)
-    # Faster than real time: back to back, no underrun.
-    assert fast["underruns"] == 0 and set(fast["gaps"]) == {0}, json.dumps(fast)
+    # Faster than real time: back to back, an underrun exactly when a chunk came after the one
+    # before it had finished playing. That is never, unless the kernel's feeder itself stalled
+    # (under heavy load it sent a chunk 190 ms late): then the arrivals show it, and the player
+    # must count it and go on back to back.
+    assert fast["queue"]["after"] == 0, "the first player followed nobody: nothing held it"
+    on_time, late = arrivals_against_schedule(fast)
+    underran = {k for k, gap in enumerate(fast["gaps"]) if gap > 0}
+    assert late <= underran and not (on_time & underran), json.dumps(fast)
+    if not late:
+        assert fast["underruns"] == 0 and set(fast["gaps"]) == {0}, json.dumps(fast)
     # Slower than real time: the player waits and counts instead of overlapping or clicking.
     assert slow["underruns"] > 0
     assert len(slow["underrun_late_ms"]) == slow["underruns"]
@@ -159,6 +167,29 @@ def test_gapless_scheduling_at_2x_1x_and_half_speed_through_a_blocking_cell(
         },
     )
     print("player figures:", json.dumps(figures))
+
+
+# How far from its due time a chunk must arrive to be judged on time or late: the page maps
+# its audio clock onto its own clock in steps of its output buffer, and schedules a chunk a
+# little after it arrives.
+SCHEDULE_MARGIN_MS = 30.0
+
+
+def arrivals_against_schedule(stats: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """The chunks that arrived well before, and well after, the one before them stopped playing.
+
+    For a player nothing held back, chunk k-1 starts `latencies_ms[k-1]` after it arrived and
+    plays CHUNK_S; chunk k is due then.
+    """
+    arrivals, latencies = stats["arrivals_ms"], stats["latencies_ms"]
+    on_time, late = set(), set()
+    for k in range(1, len(arrivals)):
+        due = arrivals[k - 1] + latencies[k - 1] + CHUNK_S * 1000
+        if arrivals[k] < due - SCHEDULE_MARGIN_MS:
+            on_time.add(k)
+        elif arrivals[k] > due + SCHEDULE_MARGIN_MS:
+            late.add(k)
+    return on_time, late
 
 
 def pace_spread(stats: dict[str, Any], speed: float) -> float:
