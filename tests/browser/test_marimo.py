@@ -39,6 +39,7 @@ import pytest
 from ..helpers import wait_until
 from .conftest import ARTIFACTS, DUMMY_KEY
 from .lab import free_port
+from .schedule import assert_gapless_unless_late
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -311,13 +312,13 @@ def test_speak_plays_in_marimo_and_its_stop_button_stops_the_session(
         assert 0 < len(record.received_named("text")) < WORDS
         count = stopped["chunk_count"]
         assert stopped["chunks_received"] == count > 0
-        # Every chunk that came before Stop was scheduled in order, back to back, none late
-        # (the embedded voice is far faster than real time); the ones still in flight when
-        # Stop was pressed arrive, and are not played.
+        # Every chunk that came before Stop was scheduled in order, back to back (the embedded
+        # voice is far faster than real time) unless one came late; the ones still in flight
+        # when Stop was pressed arrive, and are not played.
         scheduled = stopped["scheduled_seqs"]
         assert scheduled == list(range(len(scheduled)))
         assert before["chunks_received"] <= len(scheduled) <= count
-        assert set(stopped["gaps"]) == {0} and stopped["underruns"] == 0
+        assert_gapless_unless_late(stopped)
         assert notebook.refused == []
         assert DUMMY_KEY not in notebook.page.content()
     figures = {key: stopped[key] for key in ("scheduled", "audio_s", "underruns", "max_gap")}

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from .conftest import ARTIFACTS, NotebookPage
+from .schedule import assert_gapless_unless_late
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -62,9 +63,9 @@ def test_the_sdk_stream_plays_while_it_arrives_and_whole(
         assert stats["seqs_received"] == list(range(count))
         assert stats["scheduled_seqs"] == list(range(count))
         # Each chunk was scheduled by the live path, the moment it arrived (a replay records
-        # no arrival latency), exactly where the previous one ends.
+        # no arrival latency), exactly where the previous one ends unless it came late.
         assert len(stats["latencies_ms"]) == count
-        assert set(stats["gaps"]) == {0} and stats["underruns"] == 0
+        assert_gapless_unless_late(stats)
         # The page played what the kernel decoded, at the stream's own rate.
         assert (stats["samples"], stats["rate"], stats["ctx_sample_rate"]) == (
             samples,

@@ -15,6 +15,7 @@ import pytest
 
 from ..helpers import wait_until as wait_for
 from .conftest import ARTIFACTS, DUMMY_KEY, REPO, NotebookPage
+from .schedule import assert_gapless_unless_late
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -58,9 +59,9 @@ def test_three_sentences_play_through_a_blocking_cell_reload_and_fallback(
     assert stats["status"] == "finished"
     assert stats["seqs_received"] == list(range(count))
     assert stats["scheduled_seqs"] == list(range(count))
-    assert set(stats["gaps"]) == {0}
-    # The embedded server synthesizes far faster than real time: no underrun.
-    assert stats["underruns"] == 0
+    # The embedded server synthesizes far faster than real time: back to back, unless the
+    # machine stalled a chunk past its time (then one counted underrun, and on).
+    assert_gapless_unless_late(stats)
     assert stats["ctx_time"] >= stats["starts"][-1]
 
     # Audio reached the page and was scheduled while the second cell blocked.

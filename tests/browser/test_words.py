@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from .conftest import ARTIFACTS, NotebookPage
+from .schedule import assert_gapless_unless_late
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -114,7 +115,8 @@ def test_the_word_being_heard_lights_up_and_a_click_plays_from_a_word(
     )
     assert len(lengths) == count and len(words) >= 15
     assert notebook.kernel_json("[list(w) for w in p.words]") == words
-    assert stats["scheduled_seqs"] == list(range(count)) and set(stats["gaps"]) == {0}
+    assert stats["scheduled_seqs"] == list(range(count))
+    assert_gapless_unless_late(stats)
     offsets = [sum(lengths[:k]) for k in range(count)]
     starts = stats["starts"][:count]
 
