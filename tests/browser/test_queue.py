@@ -231,6 +231,53 @@ def test_overlap_sessions_play_at_the_same_time(notebook: NotebookPage) -> None:
         assert stats["scheduled_seqs"] == list(range(stats["chunk_count"]))
 
 
+CLEARED_CELLS = [
+    "from fish_notebook.session import Session\n"
+    "from fish_notebook.widget import display_player\n"
+    f"one = Session({LONG!r})\n"
+    "p1 = display_player(one)",
+    f"two = Session({SHORT!r})\np2 = display_player(two)",
+]
+
+
+def test_a_cleared_output_lets_go_and_the_next_voice_speaks_at_once(
+    notebook: NotebookPage,
+) -> None:
+    """Clearing a speaking cell's output silences its player (no view left) and hands the
+    page's voice to the one queued behind it, long before the first would have ended; the
+    cleared player stays out, though its session goes on sending audio."""
+    notebook.open("queue_cleared.ipynb", CLEARED_CELLS)
+    run_cell(notebook, 0)
+    notebook.wait_stats("s => s.playing && s.position_s > 0.5", index=0, timeout_ms=60_000)
+    run_cell(notebook, 1)
+    notebook.wait_stats("s => s.queue.queued", index=1, timeout_ms=30_000)
+    before = notebook.stats(index=0)
+    notebook.page.evaluate(
+        "() => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = 0; }"
+    )
+    notebook.command("notebook:clear-cell-output")
+    # The second player is now the page's only one.
+    second = notebook.wait_stats(DONE.format(reason="ended"), index=0, timeout_ms=60_000)
+    # (A cleared cell has no execution count: wait_cells_done would wait for it forever.)
+    notebook.wait_kernel("one.state", "finished", 60)
+    assert notebook.cell_errors() == []
+    assert notebook.page.locator(".fishnb-player").count() == 1
+    first, by = queue_of(before), queue_of(second)
+    assert first["state"] == "holder" and by["queued"] and by["clock"] == first["clock"] > 0
+    # The first's whole answer would have played until `would_end` on the shared clock; the
+    # second began before that: the cleared player let go of the page's voice.
+    seconds = notebook.kernel_json("len(one.audio) / 2 / one.sample_rate")
+    would_end = first["first_start"] + seconds
+    assert by["first_start"] < would_end
+    # Audio that came after the clear was received, kept, and neither queued nor played: the
+    # first player is out for good, silent, having played part of its answer.
+    notebook.wait_kernel("p1.stats['chunks_received'] == len(one.chunks)", True)
+    cleared = notebook.kernel_json("p1.stats")
+    assert (cleared["queue"]["state"], cleared["queue"]["reason"]) == ("out", "orphaned")
+    assert cleared["queue"]["id"] == first["id"] and not cleared["playing"]
+    assert before["position_s"] <= cleared["position_s"] < seconds
+
+
 def test_an_unknown_policy_is_refused_in_python() -> None:
     """The playback trait takes only the page's policies; setting the policy keeps the order."""
     player = Player(sample_rate=8000)

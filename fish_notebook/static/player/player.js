@@ -154,7 +154,7 @@ class Player {
   addView(view) {
     this.views.add(view);
     if (!this.scheduler.audible) {
-      // A model whose widget was never displayed stays silent; its first view lets it play.
+      // A model never displayed, or with no view left, stays silent; a view lets it play.
       this.scheduler.audible = true;
       if (!this.final) this.scheduler.context();
     }
@@ -169,9 +169,11 @@ class Player {
     this.views.delete(view); // the last one gone: quiet after ORPHAN_MS, unless one comes back
   }
 
+  /** No view left: silent until one is shown again (nothing on the page could stop it). */
   closeAudio() {
     this.member.leave("orphaned");
     this.scheduler.halt();
+    this.scheduler.audible = false;
     this.out.close();
     this.changed();
   }

@@ -28,8 +28,9 @@
 //   SKIP_MS ("skipped": never displayed; it rejoins in its order when a view appears), or when
 //   others wait while it has nothing scheduled and received no audio for IDLE_MS ("idle": a
 //   panel left alone, a stalled stream; new audio queues it again, at the back). A player
-//   whose views are all gone goes quiet and leaves ("orphaned"; new audio queues it again, at
-//   the back).
+//   whose views are all gone (its output cleared, its cell deleted) goes quiet and leaves
+//   ("orphaned"): audio its session still sends is kept, not played, and not queued, since
+//   nothing on the page could stop it; a view shown again queues it again, in its order.
 // - Interrupt. When an interrupt member's first audio is ready, every player playing is cut
 //   (its gain fades out over FADE_S, then its nodes stop; a session still under way is
 //   stopped in its kernel), members scheduled ahead but not sounding yet go back to waiting,
@@ -53,7 +54,7 @@ const IDLE_MS = 8000;
 const REJOIN = /** @type {Record<string, "view" | "audio">} */ ({
   skipped: "view",
   idle: "audio",
-  orphaned: "audio",
+  orphaned: "view",
 });
 
 /**
