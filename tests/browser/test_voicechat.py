@@ -69,14 +69,16 @@ def spoken(text: str) -> tuple[bytes, int]:
 def capture_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fake microphone's files: ``question`` (the question, then 10 s of silence: the
     answer plays out before the file loops) and ``barge_in`` (the question, a 10 s pause in
-    which the answer starts, a second utterance over it, then 8 s of silence)."""
+    which the answer starts, a second utterance over it, then 20 s of silence: on a loaded
+    machine the second turn's transcript and answer take a while, and the question said
+    again by the looping file would join that turn)."""
     folder = tmp_path_factory.mktemp("mic")
     question, rate = spoken(QUESTION)
     interruption, _ = spoken(INTERRUPTION)
     silence = bytes(2 * rate)  # one second
     files = {
         "question": question + 10 * silence,
-        "barge_in": question + 10 * silence + interruption + 8 * silence,
+        "barge_in": question + 10 * silence + interruption + 20 * silence,
     }
     paths = {}
     for name, pcm in files.items():
@@ -291,7 +293,7 @@ def test_talking_over_the_answer_silences_it_in_the_page(
 
         # The interruption is the user's next turn, answered in a new player.
         wait_panel(notebook, "el => el.querySelector('.fishnb-chat-cut')")
-        notebook.wait_kernel("len(chat.turns) >= 2 and chat.turns[1].session is not None", True)
+        notebook.wait_kernel("len(chat.turns) >= 2 and chat.turns[1].session is not None", True, 60)
         # Chromium's echo canceller may damp the first word said over the answer (double
         # talk): the words heard are the interruption's, from its first or a later word.
         heard_next = spoken_words(notebook.kernel_json("chat.turns[1].user"))
