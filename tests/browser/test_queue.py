@@ -58,12 +58,16 @@ LONG = (
 SHORT = "Sorry to interrupt: this is more important."
 
 
-def run_cell(notebook: NotebookPage, index: int) -> None:
-    """Run one cell of the notebook (the others wait)."""
+def on_cell(notebook: NotebookPage, index: int, command: str) -> None:
+    """Run a Lab notebook command on one cell (``notebook:run-cell``: the others wait)."""
     notebook.page.evaluate(
         "(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i; }", index
     )
-    notebook.command("notebook:run-cell")
+    notebook.command(command)
+
+
+def run_cell(notebook: NotebookPage, index: int) -> None:
+    on_cell(notebook, index, "notebook:run-cell")
 
 
 def queue_of(stats: dict[str, Any]) -> dict[str, Any]:
@@ -252,10 +256,7 @@ def test_a_cleared_output_lets_go_and_the_next_voice_speaks_at_once(
     run_cell(notebook, 1)
     notebook.wait_stats("s => s.queue.queued", index=1, timeout_ms=30_000)
     before = notebook.stats(index=0)
-    notebook.page.evaluate(
-        "() => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = 0; }"
-    )
-    notebook.command("notebook:clear-cell-output")
+    on_cell(notebook, 0, "notebook:clear-cell-output")
     # The second player is now the page's only one.
     second = notebook.wait_stats(DONE.format(reason="ended"), index=0, timeout_ms=60_000)
     # (A cleared cell has no execution count: wait_cells_done would wait for it forever.)
@@ -270,7 +271,7 @@ def test_a_cleared_output_lets_go_and_the_next_voice_speaks_at_once(
     would_end = first["first_start"] + seconds
     assert by["first_start"] < would_end
     # Audio that came after the clear was received, kept, and neither queued nor played: the
-    # first player is out for good, silent, having played part of its answer.
+    # first player is out and silent, having played part of its answer.
     notebook.wait_kernel("p1.stats['chunks_received'] == len(one.chunks)", True)
     cleared = notebook.kernel_json("p1.stats")
     assert (cleared["queue"]["state"], cleared["queue"]["reason"]) == ("out", "orphaned")
