@@ -28,6 +28,7 @@ from fish_notebook.local.cli import READY_PREFIX
 from fish_notebook.protocol import FlushEvent
 from fish_notebook.sources import llm_tokens
 from fish_notebook.text import ends_sentence, sentence_ends
+from tests.helpers import stop_child
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -431,16 +432,6 @@ def read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
         process.kill()
         raise RuntimeError(f"{process.args!r} printed nothing within {timeout} s")
     return result[0]
-
-
-def stop_child(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=10)
 
 
 def rss_bytes(pid: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -108,3 +109,15 @@ def word_errors(reference: str, heard: str) -> int:
         for j, other in enumerate(hyp, 1):
             row.append(min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (word != other)))
     return row[-1]
+
+
+def stop_child(process: subprocess.Popen[Any], grace: float = 20.0) -> None:
+    """End a child process: SIGTERM, ``grace`` seconds to exit (its pipes drained), then
+    SIGKILL. Never leaves it running, never waits without a bound."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate(timeout=10)

@@ -25,7 +25,7 @@ import pytest
 from fish_notebook.agents import EchoAgent
 from fish_notebook.audio import pcm_duration, pcm_rms
 from fish_notebook.local.server import ThreadedServer
-from tests.helpers import spoken_words
+from tests.helpers import spoken_words, stop_child
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -278,9 +278,4 @@ def test_demo_script_serves_the_quickstart_with_a_token(tmp_path: Path) -> None:
         with urllib.request.urlopen(api, timeout=20) as response:
             assert b'"01_quickstart.ipynb"' in response.read()
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_child(process)

@@ -25,6 +25,8 @@ from typing import Any
 
 import nbformat
 
+from ..helpers import stop_child
+
 LAB_START_TIMEOUT = 90.0
 
 # User settings (in the isolated JUPYTER_CONFIG_DIR): start the kernel without asking, and
@@ -147,12 +149,7 @@ def running_lab(base: Path, env: Mapping[str, str]) -> Iterator[Lab]:
         yield server
     finally:
         server.shutdown_kernels()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_child(process)
 
 
 def _wait_until_up(server: Lab) -> None:
